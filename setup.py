@@ -1,0 +1,53 @@
+"""vidgen: Sora-style latent video diffusion in JAX/Flax NNX, TPU-first."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.6",
+    "flax>=0.12,<0.14",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "einops>=0.8",
+    "numpy>=1.26",
+    "ml-collections>=1.0",
+    "clu>=0.0.12",
+    "absl-py>=2.1",
+    # clu's TensorBoard SummaryWriter is written with tf.summary; the CPU build is enough for event files and tfds.
+    "tensorflow-cpu>=2.16",
+    "tensorboard>=2.16",
+    "tensorflow-datasets>=4.9",
+    "transformers>=4.46",
+    "safetensors>=0.4",
+    "imageio>=2.34",
+    "imageio-ffmpeg>=0.5",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+    # Reference implementations for parity tests (CPU builds are enough).
+    "torch>=2.6",
+    "diffusers>=0.31",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+]
+
+setuptools.setup(
+    name="vidgen",
+    version="0.1.0",
+    description="Sora-style latent video diffusion in JAX/Flax NNX: causal spacetime VAE, windowed video DiT, sharded training.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["vidgen", "vidgen.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["vidgen=vidgen.cli:run"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

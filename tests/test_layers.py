@@ -1,0 +1,60 @@
+"""Causal conv streaming state, depth shuffles and the channel norm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vidgen.layers.conv import CausalConv3d, depth_to_space, space_to_depth
+from vidgen.layers.norms import ChannelRMSNorm
+
+
+@pytest.mark.parametrize("kernel,stride", [((3, 3, 3), (1, 1, 1)), ((3, 3, 3), (2, 2, 2)), ((4, 1, 1), (2, 1, 1)),
+                                           ((2, 3, 3), (1, 1, 1))])
+def test_causal_conv_chunked_equals_whole(kernel, stride):
+  conv = CausalConv3d(3, 4, kernel, stride=stride, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 9, 8, 8, 3))
+  whole, _ = conv(x)
+  # First frame alone, then chunks whose lengths are multiples of the temporal stride.
+  pieces, state = [], None
+  for a, b in [(0, 1), (1, 5), (5, 7), (7, 9)]:
+    y, state = conv(x[:, a:b], state)
+    pieces.append(y)
+  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), whole, atol=1e-5)
+  assert whole.shape[1] == 1 + 8 // stride[0]
+
+
+def test_causal_conv_is_causal():
+  conv = CausalConv3d(2, 2, (3, 3, 3), rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (1, 6, 4, 4, 2))
+  y, _ = conv(x)
+  y2, _ = conv(x.at[:, 3].add(1.0))
+  np.testing.assert_array_equal(y[:, :3], y2[:, :3])
+  assert not np.allclose(y[:, 3:], y2[:, 3:])
+
+
+def test_causal_conv_spatial_stride_shape_and_errors():
+  conv = CausalConv3d(1, 1, 3, stride=(1, 2, 2), rngs=nnx.Rngs(0))
+  assert conv(jnp.ones((1, 1, 7, 9, 1)))[0].shape == (1, 1, 4, 5, 1)
+  with pytest.raises(ValueError, match="temporal kernel"):
+    CausalConv3d(1, 1, (1, 3, 3), stride=(2, 1, 1), rngs=nnx.Rngs(0))
+
+
+def test_depth_shuffles_are_inverse():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8, 12, 5))
+  np.testing.assert_array_equal(depth_to_space(space_to_depth(x, 4), 1, 4), x)
+  y = depth_to_space(jnp.arange(2 * 1 * 1 * 1 * 8).reshape(2, 1, 1, 1, 8), 2, 2)
+  assert y.shape == (2, 2, 2, 2, 1)
+  with pytest.raises(ValueError, match="divisible"):
+    space_to_depth(x, 5)
+
+
+def test_channel_rms_norm_is_per_pixel():
+  norm = ChannelRMSNorm(4, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (1, 3, 2, 2, 4)) * 10
+  y = norm(x)
+  np.testing.assert_allclose(jnp.sqrt(jnp.mean(y ** 2, axis=-1)), 1.0, atol=1e-4)
+  # Changing one frame changes no other frame's output: no statistics across time or space.
+  y2 = norm(x.at[:, 2].multiply(3.0).at[:, 2, 0, 0].add(5.0))
+  np.testing.assert_array_equal(y[:, :2], y2[:, :2])

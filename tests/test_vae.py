@@ -1,0 +1,143 @@
+"""SpacetimeVAE: shapes, causality, first frame alone, streaming, latent statistics and input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_vae_config
+from flax import nnx
+
+from vidgen.config import ConfigError
+from vidgen.models.vae import DiagonalGaussian, SpacetimeVAE
+
+
+def _video(shape, seed=0):
+  return jax.random.uniform(jax.random.key(seed), shape, minval=-1.0, maxval=1.0)
+
+
+@pytest.fixture(scope="module")
+def vae():
+  return SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("overrides,video_shape,latent_shape", [
+    ({}, (1, 17, 64, 64, 3), (1, 5, 8, 8, 8)),
+    ({}, (1, 1, 64, 64, 3), (1, 1, 8, 8, 8)),
+    ({}, (2, 9, 32, 48, 3), (2, 3, 4, 6, 8)),
+    ({"latent_channels": 16}, (1, 5, 16, 16, 3), (1, 2, 2, 2, 16)),
+    ({"temporal_downsample": 2, "spatial_downsample": 4}, (1, 7, 16, 16, 3), (1, 4, 4, 4, 8)),
+    ({"temporal_downsample": 1, "channels": (8, 16, 16, 16), "spatial_downsample": 16}, (1, 3, 32, 32, 3),
+     (1, 3, 2, 2, 8)),
+])
+def test_shapes_round_trip(overrides, video_shape, latent_shape):
+  vae = SpacetimeVAE(tiny_vae_config(**overrides), rngs=nnx.Rngs(0))
+  post = vae.encode(_video(video_shape))
+  assert post.mean.shape == latent_shape == vae.latent_shape(video_shape)
+  assert vae.decode(post.sample(jax.random.key(0))).shape == video_shape
+
+
+def test_causal_in_time_exactly(vae):
+  x = _video((1, 17, 32, 32, 3))
+  base = vae.encode(x).mean
+  for k in (1, 5, 9, 16):
+    changed = vae.encode(x.at[:, k].set(-x[:, k])).mean
+    unaffected = 1 + (k - 1) // 4  # latent frame j sees frames <= 4j
+    np.testing.assert_array_equal(changed[:, :unaffected], base[:, :unaffected])
+    assert not np.allclose(changed[:, unaffected], base[:, unaffected])
+
+
+def test_decoder_is_causal(vae):
+  z = jax.random.normal(jax.random.key(0), (1, 4, 4, 4, 8))
+  base = vae.decode(z)
+  changed = vae.decode(z.at[:, 2].add(1.0))
+  np.testing.assert_array_equal(changed[:, :1 + 4 * 1], base[:, :5])  # frames of latents 0 and 1
+  assert not np.allclose(changed[:, 5:9], base[:, 5:9])
+
+
+def test_first_frame_is_encoded_alone(vae):
+  x = _video((2, 9, 32, 32, 3))
+  video_latents = vae.encode(x).mean
+  image_latents = vae.encode(x[:, :1]).mean
+  assert image_latents.shape[1] == 1
+  np.testing.assert_allclose(image_latents[:, 0], video_latents[:, 0], atol=1e-6)
+  np.testing.assert_allclose(vae.decode(video_latents[:, :1])[:, 0], vae.decode(video_latents)[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 12])
+def test_streaming_encode_equals_whole(vae, chunk):
+  x = _video((1, 25, 32, 32, 3))  # 24 frames after the first: full chunks and (for 16) a remainder
+  whole = vae.encode(x)
+  streamed = vae.encode(x, chunk_frames=chunk)
+  np.testing.assert_allclose(streamed.mean, whole.mean, atol=1e-5)
+  np.testing.assert_allclose(streamed.logvar, whole.logvar, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_streaming_decode_equals_whole(vae, chunk):
+  z = jax.random.normal(jax.random.key(0), (1, 7, 4, 4, 8))
+  np.testing.assert_allclose(vae.decode(z, chunk_frames=chunk), vae.decode(z), atol=1e-5)
+
+
+def test_streaming_memory_does_not_grow_with_length(vae):
+  graph, state = nnx.split(vae)
+
+  def temp_bytes(frames, chunk):
+    fn = jax.jit(lambda s, x: nnx.merge(graph, s).encode(x, chunk_frames=chunk).mean)
+    shape = jax.ShapeDtypeStruct((1, frames, 32, 32, 3), jnp.float32)
+    return fn.lower(state, shape).compile().memory_analysis().temp_size_in_bytes
+
+  short, long = temp_bytes(1 + 4 * 4, 4), temp_bytes(1 + 4 * 32, 4)
+  whole_long = temp_bytes(1 + 4 * 32, None)
+  # Streaming: 8x the frames needs about the same scratch memory; one pass needs several times more.
+  assert long < 1.5 * short, (short, long)
+  assert whole_long > 3 * long, (whole_long, long)
+
+
+def test_posterior_kl_matches_closed_form():
+  mean = jnp.array([[0.5, -1.0]])
+  logvar = jnp.array([[0.2, -0.3]])
+  post = DiagonalGaussian(mean, logvar)
+  expected = 0.5 * np.sum(np.array([0.25, 1.0]) + np.exp([0.2, -0.3]) - 1 - np.array([0.2, -0.3]))
+  np.testing.assert_allclose(post.kl(), [expected], rtol=1e-6)
+  samples = jax.vmap(lambda k: post.sample(k))(jax.random.split(jax.random.key(0), 20000))
+  np.testing.assert_allclose(samples.mean(0), mean, atol=0.03)
+  np.testing.assert_allclose(samples.std(0), np.exp(0.5 * logvar), atol=0.03)
+  np.testing.assert_array_equal(post.mode(), mean)
+
+
+def test_latent_normalization_round_trip(vae):
+  vae = SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0))
+  vae.set_latent_stats(jnp.arange(8.0), jnp.linspace(0.5, 2.0, 8))
+  z = jax.random.normal(jax.random.key(0), (1, 2, 4, 4, 8))
+  np.testing.assert_allclose(vae.denormalize(vae.normalize(z)), z, atol=1e-5)
+  np.testing.assert_allclose(vae.normalize(z)[..., 3], (z[..., 3] - 3.0) / vae.latent_scale[...][3], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,dtype,match", [
+    ((17, 64, 64, 3), jnp.float32, "rank 5"),
+    ((1, 16, 64, 64, 3), jnp.float32, "T = 1 \\+ 4k"),
+    ((1, 17, 60, 64, 3), jnp.float32, "divisible by 8"),
+    ((1, 17, 64, 64, 4), jnp.float32, "3 channels"),
+    ((1, 17, 64, 64, 3), jnp.uint8, "floating video"),
+])
+def test_bad_video_raises(vae, shape, dtype, match):
+  with pytest.raises(ValueError, match=match):
+    vae.encode(jnp.zeros(shape, dtype))
+
+
+def test_bad_latents_and_chunks_raise(vae):
+  with pytest.raises(ValueError, match="latents"):
+    vae.decode(jnp.zeros((1, 2, 4, 4, 3)))
+  with pytest.raises(ValueError, match="multiple of 4"):
+    vae.encode(jnp.zeros((1, 9, 32, 32, 3)), chunk_frames=6)
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"spatial_downsample": 6}, "vae.spatial_downsample"),
+    ({"channels": (8, 16)}, "vae.channels"),
+    ({"temporal_kernel": 1}, "vae.temporal_kernel"),
+    ({"dtype": "float33"}, "vae.dtype"),
+])
+def test_bad_config_names_the_field(overrides, field):
+  with pytest.raises((ConfigError, ValueError), match=field):
+    SpacetimeVAE(tiny_vae_config(**overrides), rngs=nnx.Rngs(0))

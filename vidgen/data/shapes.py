@@ -1,0 +1,215 @@
+"""The embedded default dataset: captioned moving shapes, generated procedurally (no download).
+
+Each clip shows one shape on a black background moving in a straight line: uint8 `[T, H, W, 3]`, caption
+`"a {color} {shape} moving {direction}"` and a class id `(color, shape, direction)` flattened. Clip `i` of a split is a
+pure function of `(seed, split, i)`, so any position of the stream can be regenerated: an iterator's whole state is
+the index of its next example, which makes resumed runs continue the exact stream.
+
+Shapes are drawn with a one-pixel anti-aliased edge (coverage from a signed distance), so motion by fractions of a
+pixel is visible and the frames look like rendered video rather than aliased masks.
+
+Splits:
+  train       combinations not held out, seed stream 0
+  validation  combinations not held out, seed stream 1 (unseen clips of seen combinations)
+  held_out    only the held-out combinations, seed stream 2 (for generalization to unseen combinations)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Iterator, Sequence
+
+import numpy as np
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255),
+    "cyan": (0, 255, 255),
+    "white": (255, 255, 255),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+DIRECTIONS: dict[str, tuple[int, int]] = {  # (dy, dx) in image coordinates
+    "left": (0, -1),
+    "right": (0, 1),
+    "up": (-1, 0),
+    "down": (1, 0),
+}
+COLOR_NAMES = tuple(COLORS)
+DIRECTION_NAMES = tuple(DIRECTIONS)
+NUM_CLASSES = len(COLORS) * len(SHAPES) * len(DIRECTIONS)
+SPLITS = ("train", "validation", "held_out")
+
+
+def class_id(color: str, shape: str, direction: str) -> int:
+  return (COLOR_NAMES.index(color) * len(SHAPES) + SHAPES.index(shape)) * len(DIRECTIONS) + DIRECTION_NAMES.index(
+      direction)
+
+
+def class_attributes(cid: int) -> tuple[str, str, str]:
+  if not 0 <= cid < NUM_CLASSES:
+    raise ValueError(f"class id must be in [0, {NUM_CLASSES}), got {cid}")
+  rest, d = divmod(cid, len(DIRECTIONS))
+  c, s = divmod(rest, len(SHAPES))
+  return COLOR_NAMES[c], SHAPES[s], DIRECTION_NAMES[d]
+
+
+def caption(color: str, shape: str, direction: str) -> str:
+  return f"a {color} {shape} moving {direction}"
+
+
+def parse_combination(text: str) -> tuple[str, str, str]:
+  """'red circle left' or 'a red circle moving left' -> ('red', 'circle', 'left'); ValueError names bad words."""
+  words = [w for w in text.lower().split() if w not in ("a", "moving")]
+  if len(words) != 3:
+    raise ValueError(f"combination {text!r} must name a color, a shape and a direction, e.g. 'red circle left'")
+  color, shape, direction = words
+  for word, allowed, what in ((color, COLOR_NAMES, "color"), (shape, SHAPES, "shape"),
+                              (direction, DIRECTION_NAMES, "direction")):
+    if word not in allowed:
+      raise ValueError(f"combination {text!r}: unknown {what} {word!r}; allowed: {list(allowed)}")
+  return color, shape, direction
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  video: np.ndarray  # uint8 [T, H, W, 3]
+  caption: str
+  label: int
+  color: str
+  shape: str
+  direction: str
+
+
+def _coverage(shape: str, yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: float) -> np.ndarray:
+  """Anti-aliased coverage in [0, 1] of `shape` centred at (cy, cx) (arrays over frames) with size r, [T, H, W]."""
+  dy = yy[None] - cy[:, None, None]
+  dx = xx[None] - cx[:, None, None]
+  if shape == "circle":
+    sdf = np.sqrt(dy * dy + dx * dx) - r
+  elif shape == "square":
+    sdf = np.maximum(np.abs(dy), np.abs(dx)) - r * 0.85
+  elif shape == "triangle":
+    # Upward equilateral triangle with circumradius ~1.2 r: max over its three edge half-planes (inradius r_in).
+    r_in = 0.6 * r
+    normals = ((0.0, 1.0), (np.sqrt(3) / 2, -0.5), (-np.sqrt(3) / 2, -0.5))  # (nx, ny) with y pointing down
+    sdf = np.max(np.stack([nx * dx + ny * dy for nx, ny in normals]), axis=0) - r_in
+  else:
+    raise ValueError(f"unknown shape {shape!r}; allowed: {list(SHAPES)}")
+  return np.clip(0.5 - sdf, 0.0, 1.0)
+
+
+def render(color: str, shape: str, direction: str, *, num_frames: int, height: int, width: int,
+           radius: float, speed: float, start: tuple[float, float]) -> np.ndarray:
+  """Renders one clip, uint8 [T, H, W, 3]. radius/speed/start in pixels (start = (y, x) of the centre at frame 0)."""
+  dy, dx = DIRECTIONS[direction]
+  t = np.arange(num_frames, dtype=np.float64)
+  cy = start[0] + dy * speed * t
+  cx = start[1] + dx * speed * t
+  yy, xx = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+  cov = _coverage(shape, yy, xx, cy, cx, radius)
+  rgb = np.asarray(COLORS[color], np.float64)
+  return np.round(cov[..., None] * rgb).astype(np.uint8)
+
+
+class ShapesDataset:
+  """Deterministic, random-access clips. `dataset[i]` is clip i of the split; `batch(start, n)` stacks n of them."""
+
+  def __init__(self, *, split: str = "train", num_frames: int = 17, height: int = 64, width: int = 64,
+               held_out: Sequence[str] = (), seed: int = 0, min_radius: float = 0.09, max_radius: float = 0.2,
+               max_speed: float = 0.05):
+    if split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if num_frames < 1:
+      raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if height < 8 or width < 8:
+      raise ValueError(f"height and width must be >= 8 pixels, got {height}x{width}")
+    if not 0 < min_radius <= max_radius < 0.5:
+      raise ValueError(f"need 0 < min_radius <= max_radius < 0.5 (fractions of the frame), got {min_radius}, "
+                       f"{max_radius}")
+    held = {parse_combination(c) for c in held_out}
+    every = list(itertools.product(COLOR_NAMES, SHAPES, DIRECTION_NAMES))
+    self.combinations = [c for c in every if (c in held) == (split == "held_out")]
+    if not self.combinations:
+      raise ValueError(f"split {split!r} has no combinations (held_out={list(held_out)})")
+    self.split, self.seed = split, seed
+    self.num_frames, self.height, self.width = num_frames, height, width
+    self.min_radius, self.max_radius, self.max_speed = min_radius, max_radius, max_speed
+
+  def __getitem__(self, index: int) -> Clip:
+    if index < 0:
+      raise IndexError(f"clip index must be >= 0, got {index}")
+    rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
+    color, shape, direction = self.combinations[rng.integers(len(self.combinations))]
+    side = min(self.height, self.width)
+    radius = rng.uniform(self.min_radius, self.max_radius) * side
+    # Leave room for the motion: the shape stays fully inside the frame for the whole clip.
+    margin = radius * 1.25 + 1.0
+    extent = self.width if DIRECTIONS[direction][1] else self.height
+    travel_room = max(extent - 2 * margin, 0.0)
+    steps = max(self.num_frames - 1, 1)
+    speed = rng.uniform(0.3, 1.0) * min(self.max_speed * side, travel_room / steps)
+    travel = speed * (self.num_frames - 1)
+    ys = self._start_range(self.height, margin, travel if DIRECTIONS[direction][0] else 0.0,
+                           DIRECTIONS[direction][0])
+    xs = self._start_range(self.width, margin, travel if DIRECTIONS[direction][1] else 0.0,
+                           DIRECTIONS[direction][1])
+    start = (rng.uniform(*ys), rng.uniform(*xs))
+    video = render(color, shape, direction, num_frames=self.num_frames, height=self.height, width=self.width,
+                   radius=radius, speed=speed, start=start)
+    return Clip(video, caption(color, shape, direction), class_id(color, shape, direction), color, shape, direction)
+
+  @staticmethod
+  def _start_range(extent: int, margin: float, travel: float, sign: int) -> tuple[float, float]:
+    lo, hi = margin, extent - margin
+    if sign > 0:
+      hi -= travel
+    elif sign < 0:
+      lo += travel
+    if hi < lo:  # the frame is too small for the requested motion: centre it
+      lo = hi = extent / 2
+    return lo, hi
+
+  def batch(self, start: int, size: int) -> dict[str, np.ndarray]:
+    """Clips start .. start+size-1 as {"video": uint8 [n,T,H,W,3], "label": int32 [n], "caption": object [n]}."""
+    clips = [self[start + i] for i in range(size)]
+    return {
+        "video": np.stack([c.video for c in clips]),
+        "label": np.asarray([c.label for c in clips], np.int32),
+        "caption": np.asarray([c.caption for c in clips], dtype=object),
+    }
+
+
+class ShapesIterator:
+  """Infinite stream of batches for one process; its state is {"next_index": int} (JSON-serializable).
+
+  The global batch at step s is clips [s * global_batch, (s + 1) * global_batch); process p of P takes its contiguous
+  slice, so the global stream is independent of the number of processes.
+  """
+
+  def __init__(self, dataset: ShapesDataset, *, global_batch: int, process_index: int = 0, process_count: int = 1,
+               next_index: int = 0):
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} must be divisible by the process count {process_count}")
+    self.dataset = dataset
+    self.global_batch = global_batch
+    self.local_batch = global_batch // process_count
+    self.process_index = process_index
+    self.next_index = next_index
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    start = self.next_index + self.process_index * self.local_batch
+    self.next_index += self.global_batch
+    return self.dataset.batch(start, self.local_batch)
+
+  def get_state(self) -> dict[str, int]:
+    return {"next_index": int(self.next_index)}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self.next_index = int(state["next_index"])

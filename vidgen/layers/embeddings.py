@@ -1,0 +1,229 @@
+"""Embeddings for diffusion transformers: timesteps, class labels, spacetime positions, and (un)patchify.
+
+Shapes: videos/latents are `[B, T, H, W, C]`; tokens are `[B, N, D]` with `N = T' * H' * W'` in (t, h, w) raster
+order, where `(T', H', W') = (T / pt, H / ph, W / pw)` is the token grid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vidgen.parallel.sharding import logical
+
+POS_EMBEDDINGS = ("learned", "sincos")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Patchify.
+
+
+def token_grid(shape: Sequence[int], patch: Sequence[int]) -> tuple[int, int, int]:
+  """Token grid `(T/pt, H/ph, W/pw)` of a `(T, H, W)` latent; ValueError when a patch size does not divide."""
+  if len(shape) != 3 or len(patch) != 3:
+    raise ValueError(f"shape and patch must be (t, h, w) triples; got {tuple(shape)} and {tuple(patch)}")
+  for axis, s, p in zip("thw", shape, patch):
+    if s % p:
+      raise ValueError(f"patch size {tuple(patch)} does not divide the latent size {tuple(shape)} along {axis}")
+  return tuple(int(s) // int(p) for s, p in zip(shape, patch))  # type: ignore[return-value]
+
+
+def patchify(x: jax.Array, patch: Sequence[int]) -> tuple[jax.Array, tuple[int, int, int]]:
+  """`[B, T, H, W, C]` -> (tokens `[B, N, pt*ph*pw*C]`, grid `(T', H', W')`); patch vectors ordered (pt, ph, pw, c)."""
+  if x.ndim != 5:
+    raise ValueError(f"patchify expects [B, T, H, W, C]; got shape {x.shape}")
+  grid = token_grid(x.shape[1:4], patch)
+  pt, ph, pw = patch
+  tokens = einops.rearrange(x, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw)
+  return tokens, grid
+
+
+def unpatchify(tokens: jax.Array, grid: Sequence[int], patch: Sequence[int], channels: int) -> jax.Array:
+  """Inverse of `patchify`: tokens `[B, N, pt*ph*pw*C]` on `grid` -> `[B, T'*pt, H'*ph, W'*pw, C]`."""
+  t, h, w = grid
+  pt, ph, pw = patch
+  return einops.rearrange(
+      tokens, "b (t h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c", t=t, h=h, w=w, pt=pt, ph=ph, pw=pw, c=channels)
+
+
+class PatchEmbed(nnx.Module):
+  """Linear map of flattened `(pt, ph, pw, C)` patches to the model width (a strided Conv3D written as a matmul)."""
+
+  def __init__(self, in_channels: int, patch: Sequence[int], width: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.patch = tuple(int(p) for p in patch)
+    self.dtype = dtype
+    features = in_channels * int(np.prod(self.patch))
+    # Xavier on the flattened conv kernel, as DiT initialises its patch projection.
+    self.proj = nnx.Linear(
+        features, width, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=logical(nnx.initializers.xavier_uniform(), None, "embed"),
+        bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int, int]]:
+    """x: `[B, T, H, W, C]` -> (tokens `[B, N, width]`, token grid)."""
+    tokens, grid = patchify(x.astype(self.dtype), self.patch)
+    return self.proj(tokens), grid
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Timesteps and labels.
+
+
+def timestep_embedding(t: jax.Array, dim: int, *, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal features of (scaled) timesteps: `[B]` -> `[B, dim]` float32, `[cos | sin]` halves.
+
+  Frequencies fall geometrically from 1 to `1 / max_period`, so inputs on the 0..1000 scale are resolved at every
+  granularity; callers with t in [0, 1] scale it first (see `TimestepEmbedder.time_scale`).
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepEmbedder(nnx.Module):
+  """Continuous t in [0, 1] -> `time_scale * t` -> `freq_dim` sinusoid -> Linear -> SiLU -> Linear -> `[B, width]`.
+
+  The output is float32: it feeds adaLN, whose modulation is applied in float32.
+  """
+
+  def __init__(self, width: int, *, freq_dim: int = 256, time_scale: float = 1000.0, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.freq_dim = freq_dim
+    self.time_scale = time_scale
+    init = nnx.initializers.normal(0.02)  # DiT's timestep-MLP init.
+    self.fc1 = nnx.Linear(freq_dim, width, param_dtype=param_dtype, kernel_init=logical(init, None, "embed"),
+                          bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+    self.fc2 = nnx.Linear(width, width, param_dtype=param_dtype, kernel_init=logical(init, "mlp", "embed"),
+                          bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+
+  def __call__(self, t: jax.Array) -> jax.Array:
+    """t: `[B]` float in [0, 1] -> `[B, width]` float32."""
+    emb = timestep_embedding(jnp.asarray(t, jnp.float32) * self.time_scale, self.freq_dim)
+    return self.fc2(jax.nn.silu(self.fc1(emb)))
+
+
+class LabelEmbedder(nnx.Module):
+  """Class label -> `[B, width]`, with one extra "null" entry (id `num_classes`) for classifier-free guidance."""
+
+  def __init__(self, num_classes: int, width: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.num_classes = num_classes
+    self.table = nnx.Embed(
+        num_classes + 1, width, param_dtype=param_dtype,
+        embedding_init=logical(nnx.initializers.normal(0.02), "vocab", "embed"), rngs=rngs)
+
+  @property
+  def null_label(self) -> int:
+    return self.num_classes
+
+  def __call__(self, labels: jax.Array) -> jax.Array:
+    """labels: `[B]` int in `[0, num_classes]` (num_classes = null) -> `[B, width]` float32."""
+    return self.table(labels).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Positions.
+
+
+def sincos_1d(positions: jax.Array, dim: int) -> jax.Array:
+  """`[n]` float positions -> `[n, dim]` `[sin | cos]` features (MAE / DiT convention), float32."""
+  if dim % 2:
+    raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+  omega = 1.0 / (10000.0 ** (jnp.arange(dim // 2, dtype=jnp.float32) / (dim / 2.0)))
+  args = jnp.asarray(positions, jnp.float32)[:, None] * omega[None]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def resample_positions(size: int, base: int) -> jax.Array:
+  """Fractional positions on a `base`-long axis for a `size`-long axis (half-pixel centres, as image resizing).
+
+  `size == base` gives exactly `0, 1, ..., base - 1`, so embeddings at the trained size are the trained ones.
+  """
+  i = jnp.arange(size, dtype=jnp.float32)
+  if size == base:
+    return i
+  return (i + 0.5) * (base / size) - 0.5
+
+
+def _time_positions(size: int, base: int) -> jax.Array:
+  # Frames keep their index when the clip is shorter than the trained one: an image (T = 1) is frame 0 of a video,
+  # which is also how the causal VAE encodes it. Longer clips are resampled into the trained span.
+  if size <= base:
+    return jnp.arange(size, dtype=jnp.float32)
+  return resample_positions(size, base)
+
+
+def _linear_resample(table: jax.Array, positions: jax.Array, axis: int) -> jax.Array:
+  """Linear interpolation of `table` along `axis` at fractional `positions` (clamped at the ends)."""
+  n = table.shape[axis]
+  pos = jnp.clip(positions, 0.0, n - 1.0)
+  lo = jnp.floor(pos).astype(jnp.int32)
+  hi = jnp.minimum(lo + 1, n - 1)
+  frac = pos - lo
+  shape = [1] * table.ndim
+  shape[axis] = -1
+  frac = frac.reshape(shape)
+  return jnp.take(table, lo, axis=axis) * (1.0 - frac) + jnp.take(table, hi, axis=axis) * frac
+
+
+class SpacetimePosEmbed(nnx.Module):
+  """Absolute spacetime positions, W.A.L.T style: a time table `[T0, D]` plus a space table `[H0, W0, D]`, summed.
+
+  `kind="learned"`: trainable tables on the trained token grid `(T0, H0, W0)`. `kind="sincos"`: fixed 1-D sin-cos
+  over time plus 2-D sin-cos over space (half the channels for h, half for w, as DiT), no parameters.
+
+  Other grids: spatial axes are linearly resampled onto the trained extent (learned tables interpolated, sin-cos
+  evaluated at the same fractional positions); time keeps frame indices for clips up to `T0` frames and is resampled
+  for longer ones. At the trained grid the output equals the tables exactly.
+  """
+
+  def __init__(self, grid: Sequence[int], width: int, *, kind: str = "learned", param_dtype=jnp.float32,
+               rngs: nnx.Rngs | None = None):
+    if kind not in POS_EMBEDDINGS:
+      raise ValueError(f"position embedding {kind!r} is not known; allowed: {POS_EMBEDDINGS}")
+    if kind == "sincos" and width % 4:
+      raise ValueError(f"sin-cos spacetime positions need a width divisible by 4, got {width}")
+    self.grid = tuple(int(g) for g in grid)
+    self.width = width
+    self.kind = kind
+    if kind == "learned":
+      if rngs is None:
+        raise ValueError("learned position embeddings need rngs")
+      t0, h0, w0 = self.grid
+      init = nnx.initializers.normal(0.02)
+      self.time = nnx.Param(logical(init, None, "embed")(rngs.params(), (t0, width), param_dtype))
+      self.space = nnx.Param(logical(init, None, None, "embed")(rngs.params(), (h0, w0, width), param_dtype))
+
+  def __call__(self, grid: Sequence[int]) -> jax.Array:
+    """grid `(T, H, W)` -> `[T*H*W, width]` float32 in raster order."""
+    t, h, w = (int(g) for g in grid)
+    t0, h0, w0 = self.grid
+    tpos, hpos, wpos = _time_positions(t, t0), resample_positions(h, h0), resample_positions(w, w0)
+    if self.kind == "learned":
+      time = self.time[...].astype(jnp.float32)
+      space = self.space[...].astype(jnp.float32)
+      if t != t0:
+        time = _linear_resample(time, tpos, 0)
+      if h != h0:
+        space = _linear_resample(space, hpos, 0)
+      if w != w0:
+        space = _linear_resample(space, wpos, 1)
+    else:
+      time = sincos_1d(tpos, self.width)
+      half = self.width // 2
+      space = jnp.concatenate([
+          jnp.broadcast_to(sincos_1d(hpos, half)[:, None, :], (h, w, half)),
+          jnp.broadcast_to(sincos_1d(wpos, half)[None, :, :], (h, w, half)),
+      ], axis=-1)
+    pos = time[:, None, None, :] + space[None]
+    return pos.reshape(t * h * w, self.width)

@@ -1,0 +1,50 @@
+"""3D patch discriminator for VAE training (a PatchGAN over space-time).
+
+Strided 3D convolutions with leaky ReLU give one logit per space-time patch, so the adversarial loss judges local
+texture and motion rather than whole clips. It need not be causal (it is never streamed); its normalization is
+per-frame-and-pixel free (no BatchNorm: statistics across the batch would couple examples under data parallelism).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from vidgen.config import require
+from vidgen.parallel import logical
+
+
+def default_discriminator_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(channels=(32, 64, 128), dtype="float32", param_dtype="float32"))
+
+
+class PatchDiscriminator3D(nnx.Module):
+  """video [B, T, H, W, C] -> patch logits [B, T', H', W'] (each level halves H and W, and T while T > 1)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, in_channels: int = 3, *, rngs: nnx.Rngs):
+    require(len(config.channels) >= 1, "discriminator.channels", f"must be non-empty, got {config.channels}")
+    self.dtype = jnp.dtype(config.dtype)
+    param_dtype = jnp.dtype(config.param_dtype)
+    init = nnx.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")  # He init for leaky ReLU
+    chans = (in_channels, *config.channels)
+    self.kernels = nnx.List([
+        nnx.Param(logical(init, None, None, None, "conv_in", "conv_out")(rngs.params(), (3, 4, 4, a, b), param_dtype))
+        for a, b in zip(chans[:-1], chans[1:])])
+    self.biases = nnx.List([
+        nnx.Param(logical(nnx.initializers.zeros, "conv_out")(rngs.params(), (b,), param_dtype)) for b in chans[1:]])
+    self.head = nnx.Param(logical(nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+                                  None, None, None, "conv_in", None)(rngs.params(), (3, 3, 3, chans[-1], 1),
+                                                                     param_dtype))
+
+  def __call__(self, video: jax.Array) -> jax.Array:
+    h = video.astype(self.dtype)
+    for kernel, bias in zip(self.kernels, self.biases):
+      st = 2 if h.shape[1] > 1 else 1
+      h = jax.lax.conv_general_dilated(h, kernel[...].astype(self.dtype), (st, 2, 2),
+                                       [(1, 1), (1, 1), (1, 1)], dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+      h = jax.nn.leaky_relu(h + bias[...].astype(self.dtype), 0.2)
+    logits = jax.lax.conv_general_dilated(h, self.head[...].astype(self.dtype), (1, 1, 1), "SAME",
+                                          dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+    return logits[..., 0].astype(jnp.float32)
