@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "vae"
   config.seed = 0
-  config.total_steps = 600
+  config.total_steps = 700
   config.batch_size = 4
   config.log_every = 25
   config.checkpoint_every = 200
@@ -34,12 +34,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sharding_rules = DEFAULT_RULES
 
   config.data = ml_collections.ConfigDict(dict(
-      name="shapes", num_frames=9, height=64, width=64, held_out=HELD_OUT, seed=0,
+      name="shapes", num_frames=5, height=64, width=64, held_out=HELD_OUT, seed=0,
       eval_frames=17, eval_clips=8, latent_stats_clips=32))
 
   config.vae = default_vae_config()
   config.vae.stem_patch = 4
-  config.vae.channels = (64, 96, 128)
+  config.vae.channels = (32, 48, 64)
   if args.channels16:
     config.vae.latent_channels = 16
 
@@ -48,8 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.discriminator.optimizer.warmup_steps = 0
 
   config.loss = ml_collections.ConfigDict(dict(
-      l1_weight=1.0, l2_weight=1.0, kl_weight=1e-6, perceptual_weight=0.0, perceptual="",
-      gan_weight=0.1, gan_start=450, adaptive_weight_max=1e4))
+      # MSE only: with ~96% black pixels, L1's constant-size gradients from tiny background errors held a run at the
+      # all-black solution (17-19.7 dB after 300-800 steps) where MSE alone reached 24.4 dB in 300 image steps.
+      l1_weight=0.0, l2_weight=1.0, kl_weight=1e-6, perceptual_weight=0.0, perceptual="",
+      gan_weight=0.1, gan_start=600, adaptive_weight_max=1e4))
 
   config.optimizer = default_optimizer_config(lr=1e-3)
   config.optimizer.warmup_steps = 20

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from vidgen.layers.conv import CausalConv3d, depth_to_space, space_to_depth
-from vidgen.layers.norms import ChannelRMSNorm
+from vidgen.layers.norms import FrameGroupNorm
 
 
 @pytest.mark.parametrize("kernel,stride", [((3, 3, 3), (1, 1, 1)), ((3, 3, 3), (2, 2, 2)), ((4, 1, 1), (2, 1, 1)),
@@ -50,11 +50,14 @@ def test_depth_shuffles_are_inverse():
     space_to_depth(x, 5)
 
 
-def test_channel_rms_norm_is_per_pixel():
-  norm = ChannelRMSNorm(4, rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(0), (1, 3, 2, 2, 4)) * 10
+def test_frame_group_norm_is_per_frame():
+  norm = FrameGroupNorm(16, groups=4, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 5, 16)) * 10 + 3
   y = norm(x)
-  np.testing.assert_allclose(jnp.sqrt(jnp.mean(y ** 2, axis=-1)), 1.0, atol=1e-4)
-  # Changing one frame changes no other frame's output: no statistics across time or space.
+  groups = y.reshape(2, 3, 5, 5, 4, 4)
+  np.testing.assert_allclose(groups.mean(axis=(2, 3, 5)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(groups.std(axis=(2, 3, 5)), 1.0, atol=1e-3)
+  # Changing one frame changes no other frame's output: no statistics across time.
   y2 = norm(x.at[:, 2].multiply(3.0).at[:, 2, 0, 0].add(5.0))
   np.testing.assert_array_equal(y[:, :2], y2[:, :2])
+  assert not np.allclose(y[:, 2], y2[:, 2])

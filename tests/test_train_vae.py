@@ -19,7 +19,7 @@ from vidgen.train.writers import read_metrics
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_short_run_learns_and_writes_its_outputs(tmp_path):
+def test_short_run_learns_and_writes_its_outputs(tmp_path, monkeypatch, capsys):
   config = tiny_train_config(total_steps=40, log_every=5, sample_every=40, checkpoint_every=40,
                              **{"loss.gan_start": 30})
   train_and_evaluate(config, str(tmp_path))
@@ -36,6 +36,15 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path):
     assert frames.shape[:3] == (config.data.eval_frames, 2 * 32 + 2, 2 * 32 + 2)
   assert json.loads((tmp_path / "config.json").read_text())["trainer"] == "vae"
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+  # The benchmark script reads the workdir back and reports the same validation PSNR as the run's last evaluation.
+  from vidgen.benchmarks import vae as vae_benchmark
+
+  monkeypatch.setattr(sys, "argv", ["vae", f"--workdir={tmp_path}", f"--clips={config.data.eval_clips}"])
+  vae_benchmark.main()
+  printed = capsys.readouterr().out
+  line = next(l for l in printed.splitlines() if "validation" in l)
+  assert float(line.split("PSNR")[1].split("dB")[0]) == pytest.approx(records[-1]["eval_psnr"], abs=0.01)
+  assert "frames/s" in printed and "steps/s" in printed
 
 
 class _Crash(Exception):

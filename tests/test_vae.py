@@ -15,9 +15,21 @@ def _video(shape, seed=0):
   return jax.random.uniform(jax.random.key(seed), shape, minval=-1.0, maxval=1.0)
 
 
+def _with_random_head(vae):
+  """The output layer starts at zero (a constant decoder); give it weights so decoder tests can see dependencies."""
+  kernel = vae.decoder.head.conv.kernel
+  kernel[...] = 0.1 * jax.random.normal(jax.random.key(7), kernel[...].shape)
+  return vae
+
+
 @pytest.fixture(scope="module")
 def vae():
-  return SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0))
+  return _with_random_head(SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0)))
+
+
+def test_untrained_decoder_outputs_zeros():
+  vae = SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(vae.decode(jnp.ones((1, 2, 4, 4, 8))), 0.0)
 
 
 @pytest.mark.parametrize("overrides,video_shape,latent_shape", [
@@ -105,7 +117,7 @@ def test_posterior_kl_matches_closed_form():
   np.testing.assert_array_equal(post.mode(), mean)
 
 
-def test_latent_normalization_round_trip(vae):
+def test_latent_normalization_round_trip():
   vae = SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0))
   vae.set_latent_stats(jnp.arange(8.0), jnp.linspace(0.5, 2.0, 8))
   z = jax.random.normal(jax.random.key(0), (1, 2, 4, 4, 8))

@@ -30,7 +30,7 @@ from flax import nnx
 
 from vidgen.config import require
 from vidgen.layers.conv import CausalConv3d, depth_to_space, space_to_depth
-from vidgen.layers.norms import ChannelRMSNorm
+from vidgen.layers.norms import FrameGroupNorm
 from vidgen.parallel import constrain
 
 VIDEO_AXES = ("act_batch", "act_time", "act_height", "act_width", "act_channels")
@@ -138,9 +138,9 @@ class ResBlock(nnx.Module):
 
   def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int], *, dtype, param_dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.norm1 = ChannelRMSNorm(cin, param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = FrameGroupNorm(cin, param_dtype=param_dtype, rngs=rngs)
     self.conv1 = CausalConv3d(cin, cout, kernel, **kw)
-    self.norm2 = ChannelRMSNorm(cout, param_dtype=param_dtype, rngs=rngs)
+    self.norm2 = FrameGroupNorm(cout, param_dtype=param_dtype, rngs=rngs)
     self.conv2 = CausalConv3d(cout, cout, kernel, kernel_init=nnx.initializers.zeros, **kw)
     self.skip = CausalConv3d(cin, cout, 1, **kw) if cin != cout else None
 
@@ -151,18 +151,19 @@ class ResBlock(nnx.Module):
     return constrain(skip + h, VIDEO_AXES)
 
 
-def _transition_factors(config, n_space: int, n_time: int) -> list[tuple[int, int]]:
-  """(time factor, space factor) for each level transition, the first transitions taking the down-sampling."""
-  return [(2 if i < n_time else 1, 2 if i < n_space else 1) for i in range(len(config.channels) - 1)]
+def _layer_setup(config: ml_collections.ConfigDict, rngs: nnx.Rngs):
+  """What the encoder and decoder share: conv keyword arguments, the conv kernel, and (time factor, space factor) for
+  each level transition, the first transitions taking the down-sampling."""
+  n_space, n_time = validate_vae_config(config)
+  kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype), rngs=rngs)
+  factors = [(2 if i < n_time else 1, 2 if i < n_space else 1) for i in range(len(config.channels) - 1)]
+  return kw, (config.temporal_kernel, 3, 3), factors
 
 
 class Encoder(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    n_space, n_time = validate_vae_config(config)
-    dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    kernel = (config.temporal_kernel, 3, 3)
+    kw, kernel, factors = _layer_setup(config, rngs)
     ch = tuple(config.channels)
     self.stem_patch = config.stem_patch
     self.conv_in = CausalConv3d(config.in_channels * config.stem_patch ** 2, ch[0], kernel, **kw)
@@ -171,9 +172,9 @@ class Encoder(nnx.Module):
         for i in range(len(ch))])
     self.downs = nnx.List([
         CausalConv3d(ch[i], ch[i + 1], (max(config.temporal_kernel, ft), 3, 3), stride=(ft, fs, fs), **kw)
-        for i, (ft, fs) in enumerate(_transition_factors(config, n_space, n_time))])
+        for i, (ft, fs) in enumerate(factors)])
     self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, **kw) for _ in range(max(config.num_res_blocks, 1))])
-    self.norm_out = ChannelRMSNorm(ch[-1], param_dtype=param_dtype, rngs=rngs)
+    self.norm_out = FrameGroupNorm(ch[-1], param_dtype=kw["param_dtype"], rngs=rngs)
     self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels, kernel, **kw)
 
   def __call__(self, x: jax.Array, states: _States) -> jax.Array:
@@ -198,9 +199,11 @@ class OutputHead(nnx.Module):
   def __init__(self, channels: int, out_channels: int, stem_patch: int, kernel, *, dtype, param_dtype,
                rngs: nnx.Rngs):
     self.stem_patch = stem_patch
-    self.norm = ChannelRMSNorm(channels, param_dtype=param_dtype, rngs=rngs)
+    self.norm = FrameGroupNorm(channels, param_dtype=param_dtype, rngs=rngs)
+    # Zero-initialised: the untrained decoder outputs mid-gray instead of large random values, which would cost the
+    # first hundred steps of a short run.
     self.conv = CausalConv3d(channels, out_channels * stem_patch ** 2, kernel, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
+                             kernel_init=nnx.initializers.zeros, rngs=rngs)
 
   def __call__(self, h: jax.Array, states: _States | None = None) -> jax.Array:
     states = _States(None) if states is None else states
@@ -210,12 +213,8 @@ class OutputHead(nnx.Module):
 class Decoder(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    n_space, n_time = validate_vae_config(config)
-    dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    kernel = (config.temporal_kernel, 3, 3)
+    kw, kernel, self.factors = _layer_setup(config, rngs)
     ch = tuple(config.channels)
-    self.factors = _transition_factors(config, n_space, n_time)
     self.conv_in = CausalConv3d(config.latent_channels, ch[-1], kernel, **kw)
     self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, **kw) for _ in range(max(config.num_res_blocks, 1))])
     self.levels = nnx.List([
@@ -253,7 +252,7 @@ class SpacetimeVAE(nnx.Module):
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    n_space, n_time = validate_vae_config(config)
+    validate_vae_config(config)
     self.config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     self.spatial_factor = config.spatial_downsample
     self.temporal_factor = config.temporal_downsample

@@ -1,0 +1,89 @@
+"""VAE benchmark: reconstruction quality and speed of a trained workdir, plus its training curve.
+
+  python -m vidgen.benchmarks.vae --workdir workdirs/shapes_vae [--clips 32]
+
+Prints PSNR / SSIM on unseen clips of seen combinations (validation split) and of held-out combinations, encode and
+decode throughput (frames/s, after compilation) at the evaluation length, the training curve from metrics.jsonl
+(loss, train-batch PSNR, eval PSNR) and the training steps/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vidgen import metrics
+from vidgen.data import to_model_range
+from vidgen.parallel import make_mesh
+from vidgen.train.checkpoint import Checkpointer, abstract_like
+from vidgen.train.vae_trainer import VAETrainer, replicate
+from vidgen.train.writers import read_metrics
+
+
+def load_trainer_and_state(workdir: str):
+  """The run's config, a VAETrainer for it and its latest checkpointed state."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir}: no config.json; is this a vidgen training workdir?")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  trainer = VAETrainer(config, make_mesh(dict(config.mesh)), workdir)
+  shardings = trainer.state_shardings()
+  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), shardings)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    state = checkpointer.restore_state_only(abstract)
+  finally:
+    checkpointer.close()
+  return config, trainer, state
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--clips", type=int, default=32, help="clips per split for PSNR / SSIM")
+  args = parser.parse_args()
+  config, trainer, state = load_trainer_and_state(args.workdir)
+  frames = config.data.eval_frames
+  print(f"workdir {args.workdir}: step {int(state.step)}, {frames}-frame clips at "
+        f"{config.data.height}x{config.data.width}")
+  for split in ("validation", "held_out"):
+    videos = trainer.dataset(split, frames).batch(0, args.clips)["video"]
+    recon = trainer.reconstruct(state, videos)
+    x = to_model_range(videos)
+    print(f"  {split:10s} PSNR {float(np.mean(metrics.psnr(recon, x))):6.2f} dB   "
+          f"SSIM {float(np.mean(metrics.ssim(recon, x))):.4f}   ({args.clips} clips)")
+
+  graph, params = trainer.vae_graph, (state.params, state.stats)
+  x = replicate(trainer.mesh, to_model_range(trainer.dataset("validation", frames).batch(0, 4)["video"]))
+  encode = jax.jit(lambda p, s, v: nnx.merge(graph, p, s).encode(v).mean)
+  z = encode(*params, x).block_until_ready()
+  decode = jax.jit(lambda p, s, z: nnx.merge(graph, p, s).decode(z))
+  decode(*params, z).block_until_ready()
+  for name, fn, arg in (("encode", encode, x), ("decode", decode, z)):
+    start = time.perf_counter()
+    for _ in range(3):
+      jax.block_until_ready(fn(*params, arg))
+    seconds = (time.perf_counter() - start) / 3
+    print(f"  {name}: {4 * frames / seconds:8.1f} frames/s (batch 4 x {frames} frames)")
+
+  records = read_metrics(args.workdir)
+  print("  training curve (step, loss, train-batch PSNR, eval PSNR):")
+  for r in records[:: max(len(records) // 12, 1)] + ([records[-1]] if len(records) > 1 else []):
+    evaluation = f"{r['eval_psnr']:.2f}" if "eval_psnr" in r else "-"
+    print(f"    {r['step']:6d}  {r['loss']:.5f}  {r.get('psnr', float('nan')):6.2f}  {evaluation}")
+  rates = [r["steps_per_sec"] for r in records if r["step"] > 1 and "eval_psnr" not in r]
+  if rates:
+    print(f"  training: {np.median(rates):.2f} steps/s (median over logged intervals), batch {config.batch_size} x "
+          f"{config.data.num_frames} frames")
+
+
+if __name__ == "__main__":
+  main()
