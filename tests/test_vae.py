@@ -22,9 +22,9 @@ def _with_random_head(vae):
   return vae
 
 
-@pytest.fixture(scope="module")
-def vae():
-  return _with_random_head(SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0)))
+@pytest.fixture(scope="module", params=["none", "group"])
+def vae(request):
+  return _with_random_head(SpacetimeVAE(tiny_vae_config(norm=request.param), rngs=nnx.Rngs(0)))
 
 
 def test_untrained_decoder_outputs_zeros():
@@ -37,6 +37,7 @@ def test_untrained_decoder_outputs_zeros():
     ({}, (1, 1, 64, 64, 3), (1, 1, 8, 8, 8)),
     ({}, (2, 9, 32, 48, 3), (2, 3, 4, 6, 8)),
     ({"latent_channels": 16}, (1, 5, 16, 16, 3), (1, 2, 2, 2, 16)),
+    ({"norm": "group"}, (1, 5, 16, 16, 3), (1, 2, 2, 2, 8)),
     ({"temporal_downsample": 2, "spatial_downsample": 4}, (1, 7, 16, 16, 3), (1, 4, 4, 4, 8)),
     ({"temporal_downsample": 1, "channels": (8, 16, 16, 16), "spatial_downsample": 16}, (1, 3, 32, 32, 3),
      (1, 3, 2, 2, 8)),
@@ -149,6 +150,7 @@ def test_bad_latents_and_chunks_raise(vae):
     ({"channels": (8, 16)}, "vae.channels"),
     ({"temporal_kernel": 1}, "vae.temporal_kernel"),
     ({"dtype": "float33"}, "vae.dtype"),
+    ({"norm": "batch"}, "vae.norm"),
 ])
 def test_bad_config_names_the_field(overrides, field):
   with pytest.raises((ConfigError, ValueError), match=field):

@@ -76,7 +76,8 @@ def main() -> None:
 
   records = read_metrics(args.workdir)
   print("  training curve (step, loss, train-batch PSNR, eval PSNR):")
-  for r in records[:: max(len(records) // 12, 1)] + ([records[-1]] if len(records) > 1 else []):
+  shown = records[:: max(len(records) // 12, 1)]
+  for r in shown + ([records[-1]] if shown[-1] is not records[-1] else []):
     evaluation = f"{r['eval_psnr']:.2f}" if "eval_psnr" in r else "-"
     print(f"    {r['step']:6d}  {r['loss']:.5f}  {r.get('psnr', float('nan')):6.2f}  {evaluation}")
   rates = [r["steps_per_sec"] for r in records if r["step"] > 1 and "eval_psnr" not in r]

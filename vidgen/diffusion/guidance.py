@@ -26,16 +26,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from vidgen.diffusion.objectives import broadcast_per_example
+
 Array = jax.Array
 PyTree = Any
 CondDenoiseFn = Callable[[Array, Array, PyTree], Array]
 DenoiseFn = Callable[[Array, Array], Array]
-
-
-def _expand(a: Array | float, like: Array) -> Array:
-  """A scalar or per-example [B] value with trailing unit axes added to broadcast against `like` [B, ...]."""
-  a = jnp.asarray(a, jnp.float32)
-  return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
 
 
 def rescale_guidance(v_guided: Array, v_cond: Array, phi: float | Array) -> Array:
@@ -56,7 +52,7 @@ def rescale_guidance(v_guided: Array, v_cond: Array, phi: float | Array) -> Arra
   std_guided = jnp.std(v_guided, axis=axes, keepdims=True)
   # A constant guided prediction (std 0) has nothing to rescale; leave it as is rather than divide by zero.
   ratio = jnp.where(std_guided > 0, std_cond / jnp.where(std_guided > 0, std_guided, 1.0), 1.0)
-  phi = _expand(phi, v_guided)
+  phi = broadcast_per_example(phi, v_guided)
   return v_guided * (phi * ratio + (1.0 - phi))
 
 
@@ -73,7 +69,7 @@ def guide(v_cond: Array, v_uncond: Array, scale: float | Array, rescale: float |
   """
   v_cond = jnp.asarray(v_cond, jnp.float32)
   v_uncond = jnp.asarray(v_uncond, jnp.float32)
-  v = v_uncond + _expand(scale, v_cond) * (v_cond - v_uncond)
+  v = v_uncond + broadcast_per_example(scale, v_cond) * (v_cond - v_uncond)
   if isinstance(rescale, (int, float)) and rescale == 0:
     return v  # Statically off: skip the two reductions.
   return rescale_guidance(v, v_cond, rescale)

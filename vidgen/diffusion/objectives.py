@@ -33,7 +33,7 @@ DenoiseFn = Callable[[Array, Array], Array]
 WEIGHTINGS = ("v_mse", "min_snr")
 
 
-def _expand(a: Array, like: Array) -> Array:
+def broadcast_per_example(a: Array, like: Array) -> Array:
   """Adds trailing unit axes to `a` ([B] or a leading prefix of like.shape) so it broadcasts against `like`."""
   a = jnp.asarray(a)
   return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
@@ -41,42 +41,42 @@ def _expand(a: Array, like: Array) -> Array:
 
 def add_noise(x: Array, eps: Array, alpha: Array, sigma: Array) -> Array:
   """z_t = alpha x + sigma eps.  x, eps: [B, ...]; alpha, sigma: [B] (or broadcastable prefix); returns [B, ...]."""
-  return _expand(alpha, x) * x + _expand(sigma, x) * eps
+  return broadcast_per_example(alpha, x) * x + broadcast_per_example(sigma, x) * eps
 
 
 def v_from_x_eps(x: Array, eps: Array, alpha: Array, sigma: Array) -> Array:
   """The v-prediction target v = alpha eps - sigma x.  x, eps: [B, ...]; returns [B, ...]."""
-  return _expand(alpha, x) * eps - _expand(sigma, x) * x
+  return broadcast_per_example(alpha, x) * eps - broadcast_per_example(sigma, x) * x
 
 
 def x_from_v(z: Array, v: Array, alpha: Array, sigma: Array) -> Array:
   """x_hat = alpha z - sigma v.  z, v: [B, ...]; returns [B, ...]."""
-  return _expand(alpha, z) * z - _expand(sigma, z) * v
+  return broadcast_per_example(alpha, z) * z - broadcast_per_example(sigma, z) * v
 
 
 def eps_from_v(z: Array, v: Array, alpha: Array, sigma: Array) -> Array:
   """eps_hat = sigma z + alpha v.  z, v: [B, ...]; returns [B, ...]."""
-  return _expand(sigma, z) * z + _expand(alpha, z) * v
+  return broadcast_per_example(sigma, z) * z + broadcast_per_example(alpha, z) * v
 
 
 def v_from_x(z: Array, x: Array, alpha: Array, sigma: Array) -> Array:
   """v = (alpha z - x) / sigma (undefined at sigma = 0, t = 0).  z, x: [B, ...]; returns [B, ...]."""
-  return (_expand(alpha, z) * z - x) / _expand(sigma, z)
+  return (broadcast_per_example(alpha, z) * z - x) / broadcast_per_example(sigma, z)
 
 
 def v_from_eps(z: Array, eps: Array, alpha: Array, sigma: Array) -> Array:
   """v = (eps - sigma z) / alpha (undefined at alpha = 0).  z, eps: [B, ...]; returns [B, ...]."""
-  return (eps - _expand(sigma, z) * z) / _expand(alpha, z)
+  return (eps - broadcast_per_example(sigma, z) * z) / broadcast_per_example(alpha, z)
 
 
 def x_from_eps(z: Array, eps: Array, alpha: Array, sigma: Array) -> Array:
   """x = (z - sigma eps) / alpha (undefined at alpha = 0).  z, eps: [B, ...]; returns [B, ...]."""
-  return (z - _expand(sigma, z) * eps) / _expand(alpha, z)
+  return (z - broadcast_per_example(sigma, z) * eps) / broadcast_per_example(alpha, z)
 
 
 def eps_from_x(z: Array, x: Array, alpha: Array, sigma: Array) -> Array:
   """eps = (z - alpha x) / sigma (undefined at sigma = 0).  z, x: [B, ...]; returns [B, ...]."""
-  return (z - _expand(alpha, z) * x) / _expand(sigma, z)
+  return (z - broadcast_per_example(alpha, z) * x) / broadcast_per_example(sigma, z)
 
 
 def min_snr_weight(logsnr: Array, gamma: float = 5.0) -> Array:
@@ -162,7 +162,7 @@ def v_loss(
   if mask is None:
     per_example = jnp.mean(err, axis=axes)
   else:
-    m = jnp.broadcast_to(_expand(jnp.asarray(mask, jnp.float32), err), err.shape)
+    m = jnp.broadcast_to(broadcast_per_example(jnp.asarray(mask, jnp.float32), err), err.shape)
     total = jnp.sum(m, axis=axes)
     per_example = jnp.sum(m * err, axis=axes) / jnp.maximum(total, 1e-12)
   return loss_weight(schedule.logsnr(t), weighting, gamma) * per_example

@@ -3,8 +3,11 @@
 A video VAE must not normalise with statistics taken over frames: GroupNorm over T lets future frames change the
 present one (breaking causality) and makes a chunked (streaming) pass differ from a whole-video pass. `FrameGroupNorm`
 takes its statistics per frame, over height, width and a group of channels, so it is causal and streamable.
-(A per-pixel RMS norm over channels, which would also allow spatial tiling, trained markedly slower on the shapes
-data: 17 vs 19.5 dB after 300 steps, both far behind this norm with an MSE loss.)
+
+`make_norm("none" | "group", channels)` picks one. Measured on the embedded shapes data (VAE, 200 s of CPU training,
+MSE loss): no norm 21.1 dB, per-frame GroupNorm 18.0 dB (frames that are mostly black make per-frame statistics a
+poor normaliser), a per-pixel RMS norm over channels worse still. The shapes configs use "none"; GroupNorm is the
+usual choice for natural video at scale.
 """
 
 from __future__ import annotations
@@ -36,3 +39,21 @@ class FrameGroupNorm(nnx.Module):
     var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
     y = ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
     return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class Identity(nnx.Module):
+  """The "none" norm."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x
+
+
+NORMS = ("none", "group")
+
+
+def make_norm(kind: str, channels: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
+  if kind == "group":
+    return FrameGroupNorm(channels, param_dtype=param_dtype, rngs=rngs)
+  if kind == "none":
+    return Identity()
+  raise ValueError(f"unknown norm {kind!r}; allowed: {NORMS}")

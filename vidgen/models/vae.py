@@ -30,7 +30,7 @@ from flax import nnx
 
 from vidgen.config import require
 from vidgen.layers.conv import CausalConv3d, depth_to_space, space_to_depth
-from vidgen.layers.norms import FrameGroupNorm
+from vidgen.layers.norms import NORMS, make_norm
 from vidgen.parallel import constrain
 
 VIDEO_AXES = ("act_batch", "act_time", "act_height", "act_width", "act_channels")
@@ -74,6 +74,8 @@ def default_vae_config() -> ml_collections.ConfigDict:
       spatial_downsample=8,
       temporal_downsample=4,
       temporal_kernel=3,
+      norm="none",
+      init_logvar=-6.0,
       logvar_min=-30.0,
       logvar_max=20.0,
       dtype="float32",
@@ -104,6 +106,7 @@ def validate_vae_config(config: ml_collections.ConfigDict) -> tuple[int, int]:
           f"{config.temporal_downsample} need {max(n_space, n_time)}")
   require(config.temporal_kernel >= 2, "vae.temporal_kernel",
           f"must be >= 2 (strided temporal convs need kernel >= stride), got {config.temporal_kernel}")
+  require(config.norm in NORMS, "vae.norm", f"must be one of {NORMS}, got {config.norm!r}")
   require(config.num_res_blocks >= 0, "vae.num_res_blocks", f"must be >= 0, got {config.num_res_blocks}")
   for field in ("dtype", "param_dtype"):
     try:
@@ -136,11 +139,12 @@ class _States:
 class ResBlock(nnx.Module):
   """norm -> SiLU -> causal conv, twice, plus a skip; the second conv starts at zero so the block starts as identity."""
 
-  def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int], *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int], *, norm: str, dtype, param_dtype,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.norm1 = FrameGroupNorm(cin, param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = make_norm(norm, cin, param_dtype=param_dtype, rngs=rngs)
     self.conv1 = CausalConv3d(cin, cout, kernel, **kw)
-    self.norm2 = FrameGroupNorm(cout, param_dtype=param_dtype, rngs=rngs)
+    self.norm2 = make_norm(norm, cout, param_dtype=param_dtype, rngs=rngs)
     self.conv2 = CausalConv3d(cout, cout, kernel, kernel_init=nnx.initializers.zeros, **kw)
     self.skip = CausalConv3d(cin, cout, 1, **kw) if cin != cout else None
 
@@ -168,14 +172,18 @@ class Encoder(nnx.Module):
     self.stem_patch = config.stem_patch
     self.conv_in = CausalConv3d(config.in_channels * config.stem_patch ** 2, ch[0], kernel, **kw)
     self.levels = nnx.List([
-        nnx.List([ResBlock(ch[i], ch[i], kernel, **kw) for _ in range(config.num_res_blocks)])
+        nnx.List([ResBlock(ch[i], ch[i], kernel, norm=config.norm, **kw) for _ in range(config.num_res_blocks)])
         for i in range(len(ch))])
     self.downs = nnx.List([
         CausalConv3d(ch[i], ch[i + 1], (max(config.temporal_kernel, ft), 3, 3), stride=(ft, fs, fs), **kw)
         for i, (ft, fs) in enumerate(factors)])
-    self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, **kw) for _ in range(max(config.num_res_blocks, 1))])
-    self.norm_out = FrameGroupNorm(ch[-1], param_dtype=kw["param_dtype"], rngs=rngs)
+    self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, norm=config.norm, **kw) for _ in range(max(config.num_res_blocks, 1))])
+    self.norm_out = make_norm(config.norm, ch[-1], param_dtype=kw["param_dtype"], rngs=rngs)
     self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels, kernel, **kw)
+    # Start the posterior narrow (log-variance `init_logvar`): with the usual 0 (sigma 1) the sampled latent is mostly
+    # noise at first and the decoder learns the mean frame instead of reading the code.
+    bias = self.conv_out.bias
+    bias[...] = bias[...].at[config.latent_channels:].set(config.init_logvar)
 
   def __call__(self, x: jax.Array, states: _States) -> jax.Array:
     h = states.conv(self.conv_in, space_to_depth(x, self.stem_patch))
@@ -196,10 +204,10 @@ class OutputHead(nnx.Module):
   adaptive weight).
   """
 
-  def __init__(self, channels: int, out_channels: int, stem_patch: int, kernel, *, dtype, param_dtype,
+  def __init__(self, channels: int, out_channels: int, stem_patch: int, kernel, *, norm: str, dtype, param_dtype,
                rngs: nnx.Rngs):
     self.stem_patch = stem_patch
-    self.norm = FrameGroupNorm(channels, param_dtype=param_dtype, rngs=rngs)
+    self.norm = make_norm(norm, channels, param_dtype=param_dtype, rngs=rngs)
     # Zero-initialised: the untrained decoder outputs mid-gray instead of large random values, which would cost the
     # first hundred steps of a short run.
     self.conv = CausalConv3d(channels, out_channels * stem_patch ** 2, kernel, dtype=dtype, param_dtype=param_dtype,
@@ -216,14 +224,14 @@ class Decoder(nnx.Module):
     kw, kernel, self.factors = _layer_setup(config, rngs)
     ch = tuple(config.channels)
     self.conv_in = CausalConv3d(config.latent_channels, ch[-1], kernel, **kw)
-    self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, **kw) for _ in range(max(config.num_res_blocks, 1))])
+    self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, norm=config.norm, **kw) for _ in range(max(config.num_res_blocks, 1))])
     self.levels = nnx.List([
-        nnx.List([ResBlock(ch[i], ch[i], kernel, **kw) for _ in range(config.num_res_blocks + 1)])
+        nnx.List([ResBlock(ch[i], ch[i], kernel, norm=config.norm, **kw) for _ in range(config.num_res_blocks + 1)])
         for i in range(len(ch))])
     # Up-sampling from level i+1 to level i: a causal conv producing ft*fs*fs times the channels, then depth-to-space.
     self.ups = nnx.List([
         CausalConv3d(ch[i + 1], ch[i] * ft * fs * fs, kernel, **kw) for i, (ft, fs) in enumerate(self.factors)])
-    self.head = OutputHead(ch[0], config.in_channels, config.stem_patch, kernel, **kw)
+    self.head = OutputHead(ch[0], config.in_channels, config.stem_patch, kernel, norm=config.norm, **kw)
 
   def __call__(self, z: jax.Array, states: _States) -> jax.Array:
     return self.head(self.features(z, states), states)

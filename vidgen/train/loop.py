@@ -110,11 +110,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   writer = RunWriter(workdir, total_steps=config.total_steps, start_step=step)
   config_dict = json.loads(config.to_json_best_effort())
   metrics: dict[str, Any] = {}
+  compiled_phases = set()
   try:
     while step < config.total_steps:
       batch = _global_batch(mesh, trainer.host_batch(next(iterator)))
-      state, metrics = train_step(state, batch, trainer.phase(step))
+      phase = trainer.phase(step)
+      state, metrics = train_step(state, batch, phase)
       step += 1
+      new_variant = phase not in compiled_phases  # this step compiled: keep that time out of later steps/s
+      compiled_phases.add(phase)
       is_last = step == config.total_steps
       do_eval = step % config.sample_every == 0 or is_last
       do_ckpt = step % config.checkpoint_every == 0 or is_last
@@ -128,8 +132,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         state = trainer.finalize(state)
       if do_ckpt:
         checkpointer.save(step, state, iterator.get_state(), config_dict, force=True)
-      if step == 1 or do_eval or do_ckpt:
-        writer.reset_timer(step)  # compile / eval / checkpoint time is not step time
+      if new_variant or do_eval or do_ckpt:
+        jax.block_until_ready(metrics)
+        writer.reset_timer(step)  # compile / evaluation / checkpoint time is not step time
   finally:
     checkpointer.close()
     writer.close()
