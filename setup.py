@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.11",
     "einops>=0.8",
     "numpy>=1.26",
+    "scipy>=1.11",  # ndimage: connected components in the prompt-following analyzer
     "ml-collections>=1.0",
     "clu>=0.0.12",
     "absl-py>=2.1",

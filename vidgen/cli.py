@@ -1,4 +1,4 @@
-"""The `vidgen` command: `vidgen train --config experiments/NAME.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]`.
+"""The `vidgen` command: `vidgen train | sample | eval` (see USAGE).
 
 A thin entry point: flags are parsed here and the work is done by importable functions (`train_and_evaluate`).
 """
@@ -14,19 +14,86 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/shapes_vae.py or experiments/shapes_vae.py:runlocal.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, TensorBoard and samples.")
+# Multi-host runs: every process runs the same command. Without these flags, Cloud TPU slices, SLURM (srun) and
+# Open MPI (mpirun) are detected from the environment; a plain machine stays a single process.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "train: host:port of process 0, reachable by every process (multi-host runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train: number of processes (hosts) in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train: this process's index, 0 .. num_processes - 1.")
 
-USAGE = "usage: vidgen train --config experiments/NAME.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]"
+# sample / eval.
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "sample: the caption (repeat the flag for a batch).")
+_OUTPUT = flags.DEFINE_string("output", None, "sample: output video path, .mp4 or .gif (numbered for several "
+                              "prompts: out_0.mp4, out_1.mp4, ...).")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", 17, "sample: frames, 1 + 4k.")
+_HEIGHT = flags.DEFINE_integer("height", None, "sample: pixels (default: the training size).")
+_WIDTH = flags.DEFINE_integer("width", None, "sample: pixels (default: the training size).")
+_STEPS = flags.DEFINE_integer("steps", 50, "sample: sampler steps.")
+_GUIDANCE = flags.DEFINE_float("guidance", 4.0, "sample: classifier-free guidance scale.")
+_SEED = flags.DEFINE_integer("seed", 0, "sample: noise seed.")
+_SAMPLER = flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm", "dpmpp_2m"], "sample: sampler.")
+
+USAGE = """usage:
+  vidgen train --config experiments/NAME.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+  vidgen sample --workdir DIR --prompt TEXT --output out.mp4 [--num_frames 17 --steps 50 --guidance 4 --seed 0]
+  vidgen eval --workdir DIR"""
 
 
 def _train() -> None:
+  from vidgen.parallel import distributed
   from vidgen.train.loop import train_and_evaluate
+  from vidgen.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError(f"train needs --config and --workdir\n{USAGE}")
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    # Before anything touches a device: JAX cannot join processes once a backend exists.
+    described = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if "initialized" in described:
+    from vidgen.train.writers import log
+
+    log(described)
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except Preempted:
+    sys.exit(PREEMPTED_EXIT_CODE)  # the loop logged the step and the checkpoint
 
 
-COMMANDS = {"train": _train}
+def _sample() -> None:
+  import os
+
+  from vidgen import io
+  from vidgen.pipeline import VideoPipeline
+
+  if not _WORKDIR.value or not _PROMPT.value or not _OUTPUT.value:
+    raise app.UsageError(f"sample needs --workdir, --prompt and --output\n{USAGE}")
+  root, ext = os.path.splitext(_OUTPUT.value)
+  if ext.lower() not in (".mp4", ".gif"):
+    raise app.UsageError(f"--output={_OUTPUT.value!r}: the extension must be .mp4 or .gif")
+  pipe = VideoPipeline.from_workdir(_WORKDIR.value)
+  prompts = _PROMPT.value
+  videos = pipe(prompts, num_frames=_NUM_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value, steps=_STEPS.value,
+                guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value, progress=True)
+  paths = [_OUTPUT.value] if len(prompts) == 1 else [f"{root}_{i}{ext}" for i in range(len(prompts))]
+  for path, prompt, video in zip(paths, prompts, videos):
+    io.write_video(path, video)
+    print(f"{path}: {prompt!r} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]})")
+
+
+def _eval() -> None:
+  from vidgen import evaluation
+  from vidgen.pipeline import VideoPipeline
+
+  if not _WORKDIR.value:
+    raise app.UsageError(f"eval needs --workdir\n{USAGE}")
+  pipe = VideoPipeline.from_workdir(_WORKDIR.value)
+  evaluation.evaluate(pipe, pipe.config, _WORKDIR.value)
+  print(f"written to {_WORKDIR.value}/eval.json")
+
+
+COMMANDS = {"train": _train, "sample": _sample, "eval": _eval}
 
 
 def main(argv: list[str]) -> None:

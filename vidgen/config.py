@@ -7,6 +7,8 @@ defaults so a typo in a key fails loudly instead of being ignored.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import ml_collections
@@ -55,3 +57,25 @@ def require(condition: bool, field: str, message: str) -> None:
   """Raises ConfigError naming `field` unless `condition` holds."""
   if not condition:
     raise ConfigError(f"config.{field}: {message}")
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in `workdir/config.json` (written by `vidgen train` when the run starts)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir}: not a vidgen run directory (no config.json); train one first with "
+                            "`vidgen train --config experiments/NAME.py --workdir DIR`")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of an experiment file, e.g. to embed one run's config as a stage of another."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(f"vidgen_config_{os.path.basename(path)[:-3]}", path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such experiment config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

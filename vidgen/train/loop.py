@@ -3,33 +3,47 @@
 A trainer (`vidgen.train.TRAINERS[config.trainer]`) supplies the model-specific parts: `init_state(key)`,
 `state_shardings()`, `train_step(state, batch, phase)`, `phase(step)` (a hashable selecting a compiled variant),
 `make_iterator(process_index, process_count)`, `host_batch(batch)`, `evaluate(state, step)`, `finalize(state)`.
+`make_iterator(index, count)` must yield rows [index * n, (index + 1) * n) of each global batch (n = batch / count);
+the loop passes this process's block of the batch sharding, which is the process index on the usual meshes.
+Optional: `validate_mesh(config, mesh_shape)` (a static/class method, called before the trainer is built, with the
+resolved {"data", "fsdp", "tensor"} sizes; raises ConfigError naming the field) and `model_flops_per_step()` (FLOPs of
+one step over all devices, for the MFU fields; without it XLA's cost analysis of the step is used).
 Everything the run produces lands in `workdir`: config.json, metrics.jsonl, tensorboard/, checkpoints/, samples/.
+
+Reliability: SIGTERM stops the run at a step boundary with a checkpoint (`Preempted`, exit code 75 from the CLI); a
+restart resumes from the newest checkpoint that restores and verifies, skipping corrupted ones; with
+`config.skip_nonfinite_updates` a step whose loss, gradients or new state are NaN/Inf leaves the state unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from vidgen.config import ConfigError, require
-from vidgen.parallel import batch_sharding, make_mesh
-from vidgen.parallel.mesh import resolve_mesh_shape
+from vidgen.parallel import batch_sharding, make_mesh, replicated
+from vidgen.parallel.distributed import batch_shard
+from vidgen.parallel.mesh import MESH_AXES, resolve_mesh_shape
 from vidgen.train.checkpoint import Checkpointer, abstract_like
-from vidgen.train.writers import RunWriter, log
+from vidgen.train.preemption import Preempted, PreemptionWatcher
+from vidgen.train.writers import RunWriter, log, peak_tflops_per_device
 
 COMMON_FIELDS = ("trainer", "seed", "total_steps", "batch_size", "log_every", "checkpoint_every", "sample_every",
                  "mesh", "sharding_rules")
 
 
 def get_trainer_class(name: str):
-  from vidgen.train.vae_trainer import VAETrainer  # imported here: trainers pull in their models
+  from vidgen.train.dit_trainer import DiTTrainer  # imported here: trainers pull in their models
+  from vidgen.train.vae_trainer import VAETrainer
 
-  trainers = {"vae": VAETrainer}
+  trainers = {"vae": VAETrainer, "dit": DiTTrainer}
   if name not in trainers:
     raise ConfigError(f"config.trainer: unknown trainer {name!r}; allowed: {sorted(trainers)}")
   return trainers[name]
@@ -49,30 +63,97 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int | None =
           f"must be divisible by mesh data x fsdp = {shape[0]} x {shape[1]} = {data_parallel}, got {config.batch_size}")
   require(config.batch_size % jax.process_count() == 0, "batch_size",
           f"must be divisible by the number of processes ({jax.process_count()}), got {config.batch_size}")
+  skip = config.get("skip_nonfinite_updates", False)
+  require(isinstance(skip, bool), "skip_nonfinite_updates", f"must be True or False, got {skip!r}")
+  peak = config.get("peak_tflops_per_device", None)
+  require(peak is None or (isinstance(peak, (int, float)) and peak > 0), "peak_tflops_per_device",
+          f"must be a positive number (dense bf16 TFLOP/s of one device) or None (look it up), got {peak!r}")
   return shape
 
 
-def _global_batch(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """Per-process host arrays -> global arrays split over the batch axes of the mesh."""
+def validate_parallelism(trainer_cls, config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
+  """The trainer's own mesh checks (e.g. attention heads divisible by the tensor axis), if it has any."""
+  check = getattr(trainer_cls, "validate_mesh", None)
+  if check is not None:
+    check(config, dict(zip(MESH_AXES, shape)))
+
+
+def _global_batch(mesh, batch: dict[str, np.ndarray], shard_count: int) -> dict[str, jax.Array]:
+  """Per-process host arrays (one of `shard_count` row blocks) -> global arrays split over the batch axes."""
   out = {}
   for k, v in batch.items():
-    global_shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
+    global_shape = (v.shape[0] * shard_count, *v.shape[1:])
     out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v, global_shape)
   return out
 
 
 def _check_finite(step: int, metrics: dict[str, Any]) -> None:
-  loss = float(metrics["loss"])
-  if not np.isfinite(loss):
-    raise FloatingPointError(
-        f"loss is {loss} at step {step}; stopping without saving this state (the last checkpoint is kept)")
+  for key in ("loss", "grad_norm"):
+    value = float(metrics.get(key, 0.0))
+    if not np.isfinite(value):
+      raise FloatingPointError(
+          f"{key} is {value} at step {step}; stopping without saving this state (the last checkpoint is kept; "
+          "config.skip_nonfinite_updates=True skips such steps instead)")
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves], jnp.bool_(True))
+
+
+def _keep_if(ok: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+  if jax.dtypes.issubdtype(new.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(jnp.where(ok, jax.random.key_data(new), jax.random.key_data(old)),
+                                    impl=jax.random.key_impl(new))
+  return jnp.where(ok, new, old)
+
+
+def _loop_step(train_step, skip_nonfinite: bool):
+  """The trainer's step with the loop's counters; with `skip_nonfinite`, non-finite updates leave the state as it was.
+
+  Generic on purpose: every trainer gets the guard without knowing of it. A step counts as bad if its loss, its
+  `grad_norm` (when the trainer reports one) or any floating-point array of the new state is NaN/Inf; a NaN gradient
+  shows up in the new parameters even when the trainer does not report a norm.
+  """
+
+  def step(state, batch, counters, phase):
+    new_state, metrics = train_step(state, batch, phase)
+    if not skip_nonfinite:
+      return new_state, metrics, counters
+    reported = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics}
+    ok = jnp.logical_and(_all_finite(reported), _all_finite(new_state))
+    new_state = jax.tree.map(functools.partial(_keep_if, ok), new_state, state)
+    skipped = counters["skipped_updates"] + jnp.logical_not(ok).astype(jnp.int32)
+    metrics = {**metrics, "update_skipped": jnp.logical_not(ok).astype(jnp.int32), "skipped_updates": skipped}
+    return new_state, metrics, {"skipped_updates": skipped}
+
+  return step
+
+
+def _flops_per_step(trainer, lowered) -> float | None:
+  """The trainer's count if it has one, else XLA's estimate for the whole (unpartitioned) step program."""
+  count = getattr(trainer, "model_flops_per_step", None)
+  if count is not None:
+    return float(count())
+  try:
+    cost = lowered.cost_analysis()
+  except Exception:  # not every backend implements cost analysis; the run goes on without the MFU fields
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  return flops if flops > 0 else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one. Returns the final state."""
+  """Trains `config` in `workdir`, resuming from its latest good checkpoint if there is one. Returns the final state.
+
+  Raises `Preempted` (after saving a checkpoint at that step) when SIGTERM arrives; call it again to resume.
+  """
   jax.config.update("jax_threefry_partitionable", True)
-  validate_common(config)
+  mesh_shape = validate_common(config)
   trainer_cls = get_trainer_class(config.trainer)
+  validate_parallelism(trainer_cls, config, mesh_shape)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -83,60 +164,92 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   mesh = make_mesh(dict(config.mesh))
   trainer = trainer_cls(config, mesh, workdir)  # validates its own config fields before anything compiles
 
-  # Input.
-  iterator = trainer.make_iterator(jax.process_index(), jax.process_count())
+  # Input: this process's block of rows of every global batch, as the batch sharding places them.
+  shard_index, shard_count = batch_shard(mesh, config.batch_size)
+  iterator = trainer.make_iterator(shard_index, shard_count)
 
-  # State: built abstractly, then created (or restored) directly with its shardings.
+  # State: built abstractly, then created (or restored, into this run's mesh) directly with its shardings.
   shardings = trainer.state_shardings()
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.get("keep_checkpoints", 3))
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.get("keep_checkpoints", 3),
+                              cleanup_tmp=True)
   abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), shardings)
-  restored = checkpointer.restore(abstract)
+  restored = checkpointer.restore_latest_good(abstract, log=log)
+  skipped_updates = 0
   if restored is None:
     state = jax.jit(trainer.init_state, out_shardings=shardings)(jax.random.key(config.seed))
     step = 0
   else:
-    state, data_state, step = restored
-    iterator.set_state(data_state)
+    state, step = restored.state, restored.step
+    iterator.set_state(restored.data)
+    skipped_updates = int(restored.loop.get("skipped_updates", 0))
     log(f"resumed from {checkpointer.directory} at step {step}")
 
-  # Step.
+  # Step: one executable per (phase, batch shapes), compiled ahead so that compile time stays out of step time.
   position = iterator.get_state()
   example = trainer.host_batch(next(iterator))
   iterator.set_state(position)
   batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in example.items()}
-  train_step = jax.jit(trainer.train_step, in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None),
-                       static_argnums=(2,), donate_argnums=(0,))
+  rep = replicated(mesh)
+  skip_nonfinite = config.get("skip_nonfinite_updates", False)
+  train_step = jax.jit(_loop_step(trainer.train_step, skip_nonfinite),
+                       in_shardings=(shardings, batch_shardings, rep), out_shardings=(shardings, None, rep),
+                       static_argnums=(3,), donate_argnums=(0,))
+  counters = {"skipped_updates": jax.make_array_from_process_local_data(rep, np.int32(skipped_updates), ())}
+  executables: dict[Any, tuple[Any, float | None]] = {}
 
-  writer = RunWriter(workdir, total_steps=config.total_steps, start_step=step)
+  writer = RunWriter(workdir, total_steps=config.total_steps, start_step=step, num_devices=mesh.size,
+                     peak_tflops_per_device=peak_tflops_per_device(config.get("peak_tflops_per_device", None)))
   config_dict = json.loads(config.to_json_best_effort())
   metrics: dict[str, Any] = {}
-  compiled_phases = set()
+  logged_skips = skipped_updates
+  watcher = PreemptionWatcher()
   try:
     while step < config.total_steps:
-      batch = _global_batch(mesh, trainer.host_batch(next(iterator)))
+      batch = _global_batch(mesh, trainer.host_batch(next(iterator)), shard_count)
       phase = trainer.phase(step)
-      state, metrics = train_step(state, batch, phase)
+      variant = (phase, tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())))
+      if variant not in executables:
+        jax.block_until_ready(state)
+        lowered = train_step.lower(state, batch, counters, phase)
+        executables[variant] = (lowered.compile(), _flops_per_step(trainer, lowered))
+        writer.reset_timer(step)
+      executable, flops = executables[variant]
+      state, metrics, counters = executable(state, batch, counters)
       step += 1
-      new_variant = phase not in compiled_phases  # this step compiled: keep that time out of later steps/s
-      compiled_phases.add(phase)
       is_last = step == config.total_steps
+      preempted = watcher.reached(step) and not is_last
       do_eval = step % config.sample_every == 0 or is_last
-      do_ckpt = step % config.checkpoint_every == 0 or is_last
+      do_ckpt = step % config.checkpoint_every == 0 or is_last or preempted
       if step % config.log_every == 0 or do_eval or do_ckpt or step == 1:
         host_metrics = jax.device_get(metrics)
-        _check_finite(step, host_metrics)
+        writer.lap()
+        if skip_nonfinite:
+          total = int(host_metrics["skipped_updates"])
+          if total > logged_skips:
+            log(f"step {step}: skipped {total - logged_skips} update(s) with NaN/Inf loss, gradients or state since "
+                f"the previous log line (the state kept its values); {total} skipped since the run began")
+          logged_skips = total
+        else:
+          _check_finite(step, host_metrics)
         if do_eval:
           host_metrics.update(trainer.evaluate(state, step))
-        writer.write(step, host_metrics)
+        writer.write(step, host_metrics, model_flops_per_step=flops)
       if is_last:
         state = trainer.finalize(state)
       if do_ckpt:
-        checkpointer.save(step, state, iterator.get_state(), config_dict, force=True)
-      if new_variant or do_eval or do_ckpt:
+        skipped_updates = int(jax.device_get(counters["skipped_updates"]))
+        checkpointer.save(step, state, iterator.get_state(), config_dict, loop={"skipped_updates": skipped_updates},
+                          force=True)
+      if preempted:
+        checkpointer.wait()
+        log(f"preempted ({watcher.reason}): stopped after step {step} and saved checkpoint {step} in "
+            f"{checkpointer.directory}; run the same command again to resume")
+        raise Preempted(step, watcher.reason)
+      if do_eval or do_ckpt:
         jax.block_until_ready(metrics)
-        writer.reset_timer(step)  # compile / evaluation / checkpoint time is not step time
+        writer.reset_timer(step)  # evaluation / checkpoint time is not step time
   finally:
+    watcher.close()
     checkpointer.close()
     writer.close()
   return state
-

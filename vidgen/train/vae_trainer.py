@@ -21,11 +21,12 @@ import optax
 from flax import nnx
 
 from vidgen import io, metrics
-from vidgen.config import require
+from vidgen.config import read_run_config, require
 from vidgen.data import ShapesDataset, ShapesIterator, to_model_range, to_uint8
 from vidgen.models.discriminator import PatchDiscriminator3D
 from vidgen.models.vae import SpacetimeVAE, validate_vae_config
-from vidgen.parallel import axis_rules, state_shardings
+from vidgen.parallel import axis_rules, make_mesh, state_shardings
+from vidgen.train.checkpoint import Checkpointer, abstract_like
 from vidgen.train.optim import make_optimizer, validate_optimizer_config
 
 # A perceptual distance maps two frame batches [N, H, W, 3] in [-1, 1] to per-frame distances [N]. Pretrained
@@ -262,3 +263,37 @@ def replicate(mesh: jax.sharding.Mesh, x: np.ndarray) -> jax.Array:
   """The same host array on every process -> a global array replicated over `mesh`."""
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.make_array_from_process_local_data(sharding, np.asarray(x), x.shape)
+
+
+def vae_run_finished(workdir: str) -> bool:
+  """Whether `workdir` holds a VAE run that reached its last step (so its latent statistics are measured)."""
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    return False
+  config = read_run_config(workdir)
+  step = Checkpointer.latest_step_in(os.path.join(workdir, "checkpoints"))
+  return step is not None and step >= config.total_steps
+
+
+def load_vae(workdir: str, mesh: jax.sharding.Mesh | None = None) -> tuple[SpacetimeVAE, int]:
+  """The trained SpacetimeVAE of the VAE run in `workdir` (latest checkpoint, with its latent statistics).
+
+  Returns (vae, step). The parameters are placed on `mesh` (default: all local devices, replicated).
+  """
+  config = read_run_config(workdir)
+  if config.get("trainer") != "vae":
+    raise ValueError(f"{workdir} holds a {config.get('trainer')!r} run, not a VAE run (trainer 'vae')")
+  step = Checkpointer.latest_step_in(os.path.join(workdir, "checkpoints"))
+  if step is None:
+    raise FileNotFoundError(f"{workdir}: the VAE run has no checkpoint yet; train it with `vidgen train`")
+  if step < config.total_steps:
+    raise ValueError(f"{workdir}: the VAE run stopped at step {step} of {config.total_steps}; its latent statistics "
+                     "are measured at the last step, so finish it first (run the same `vidgen train` command again)")
+  mesh = make_mesh({"data": -1}) if mesh is None else mesh
+  trainer = VAETrainer(config, mesh, workdir)
+  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    state = checkpointer.restore_state_only(abstract, step)
+  finally:
+    checkpointer.close()
+  return trainer.vae(state), step

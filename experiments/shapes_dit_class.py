@@ -1,0 +1,24 @@
+"""Class-conditional latent video DiT on the embedded moving-shapes data (class = color x shape x direction).
+
+  vidgen train --config experiments/shapes_dit_class.py --workdir workdirs/shapes_class
+  vidgen train --config experiments/shapes_dit_class.py:runlocal --workdir /tmp/smoke       # seconds: CI / smoke test
+  vidgen train --config experiments/shapes_dit_class.py --workdir DIR --config.vae_workdir=workdirs/shapes_vae
+
+The same run as experiments/shapes_t2v.py (VAE stage, latent cache, joint image + video training, W.A.L.T windows,
+guidance dropout, EMA, samples and the prompt-following eval) with a class embedding in place of captions: the
+DiT paper's setting on video. Sampling takes captions too; a caption of the embedded data names its class.
+
+Arguments (comma separated): `runlocal` (tiny and fast).
+"""
+
+import os
+
+import ml_collections
+
+from vidgen.config import load_config_file, parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, runlocal=False)
+  t2v = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes_t2v.py")
+  return load_config_file(t2v, "class,runlocal" if args.runlocal else "class")

@@ -1,0 +1,96 @@
+"""Text-to-video on the embedded moving-shapes data: the README's main job (VAE -> latent cache -> text DiT -> eval).
+
+  vidgen train --config experiments/shapes_t2v.py --workdir workdirs/shapes_t2v
+  vidgen train --config experiments/shapes_t2v.py:runlocal --workdir /tmp/smoke      # seconds: CI / smoke test
+  vidgen sample --workdir workdirs/shapes_t2v --prompt "a red square moving down" --output red_square.mp4
+  vidgen eval --workdir workdirs/shapes_t2v
+
+Stages: the VAE of experiments/shapes_vae.py is trained into WORKDIR/vae (or `--config.vae_workdir=DIR` reuses a
+finished one), `data.cache_clips` training clips are encoded into WORKDIR/latents, then a small W.A.L.T-style DiT
+(alternating spatial / spatiotemporal windows, cross-attention to a word-level text encoder trained with it) learns
+captions -> latents, jointly on videos and 1-frame images. The held-out combinations of shapes_vae.HELD_OUT never
+appear in training; the final eval measures how often generated clips get color, shape and direction all right.
+
+Arguments (comma separated): `runlocal` (tiny and fast), `class` (class-conditional instead of captions).
+"""
+
+import os
+
+import ml_collections
+
+from vidgen.config import load_config_file, parse_arg
+from vidgen.data.shapes import NUM_CLASSES
+from vidgen.models.dit import dit_config
+from vidgen.models.text import shapes_tokenizer, small_text_config
+from vidgen.parallel import DEFAULT_RULES
+from vidgen.train.optim import default_optimizer_config
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Fixed prompts rendered into WORKDIR/samples during training: seen combinations first, then held-out ones.
+SAMPLE_PROMPTS = ("a red circle moving right", "a green square moving up", "a blue triangle moving down",
+                  "a white circle moving left", "a red square moving down", "a green triangle moving left",
+                  "a cyan square moving up", "a magenta circle moving left")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, runlocal=False, **{"class": False})
+  vae_stage = load_config_file(os.path.join(_HERE, "shapes_vae.py"), "runlocal" if args.runlocal else None)
+
+  config = ml_collections.ConfigDict()
+  config.trainer = "dit"
+  config.seed = 0
+  config.total_steps = 2000
+  config.batch_size = 32
+  config.log_every = 50
+  config.checkpoint_every = 500
+  config.sample_every = 1000
+  config.keep_checkpoints = 2
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding_rules = DEFAULT_RULES
+
+  config.vae_workdir = ""          # "" = train vae_stage into WORKDIR/vae (skipped once finished)
+  config.vae_stage = vae_stage
+  config.data = ml_collections.ConfigDict(dict(
+      name="shapes", num_frames=17, height=64, width=64, held_out=vae_stage.data.held_out, seed=0,
+      cache_clips=2048, cache_batch=32, cache_dir="",
+      image_every=4))              # every 4th batch is 1-frame latents (images), from the same cache
+
+  config.conditioning = "class" if args["class"] else "text"
+  config.text = small_text_config(vocab_size=shapes_tokenizer().vocab_size, max_length=8, width=64, depth=1,
+                                  num_heads=4)
+  latent = (5, 8, 8)               # 17x64x64 clips under the VAE's 4x time / 8x space factors
+  config.dit = dit_config(
+      input_size=latent, in_channels=vae_stage.vae.latent_channels, patch_size=(1, 2, 2), width=128, depth=4,
+      num_heads=4, attention_pattern=("spatial", "spatiotemporal"), window=(5, 2, 2), qk_norm=True,
+      adaln_lora_rank=0, pos_embedding="learned",
+      num_classes=NUM_CLASSES if args["class"] else 0,
+      text_dim=0 if args["class"] else config.text.width)
+
+  config.diffusion = ml_collections.ConfigDict(dict(
+      schedule="cosine", shift=0.0, zero_terminal_snr=True, weighting="min_snr", min_snr_gamma=5.0,
+      guidance_dropout=0.1))
+  config.ema_decay = 0.995
+  config.optimizer = default_optimizer_config(lr=1e-3)
+  config.optimizer.warmup_steps = 100
+  config.optimizer.final_lr_fraction = 0.05
+
+  config.sampling = ml_collections.ConfigDict(dict(
+      sampler="ddim", steps=50, guidance=4.0, seed=0, prompts=SAMPLE_PROMPTS))
+  config.eval = ml_collections.ConfigDict(dict(
+      at_end=True, seed=1234, samples_per_combination=4, seen_combinations=14, batch_size=28,
+      reconstruction_clips=8))
+
+  if args.runlocal:
+    config.total_steps = 4
+    config.batch_size = 4
+    config.log_every = 1
+    config.checkpoint_every = 2
+    config.sample_every = 4
+    config.data.update(num_frames=5, height=32, width=32, cache_clips=8, cache_batch=4, image_every=2)
+    config.text.update(width=16, num_heads=2)
+    config.dit.update(input_size=(2, 4, 4), width=32, depth=2, num_heads=2, window=(2, 2, 2),
+                      text_dim=0 if args["class"] else 16)
+    config.sampling.update(steps=4, prompts=SAMPLE_PROMPTS[:2])
+    config.eval.update(samples_per_combination=1, seen_combinations=2, batch_size=8, reconstruction_clips=2)
+  return config

@@ -1,0 +1,271 @@
+"""The DiT run end to end on tiny settings: stages, latent cache, resume, pipeline, CLI sample/eval, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import jax
+import numpy as np
+import pytest
+
+from vidgen.config import ConfigError, load_config_file
+from vidgen.data.latent_cache import CacheMismatchError, LatentCache, LatentIterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def t2v_config(arg="runlocal", **overrides):
+  config = load_config_file(os.path.join(ROOT, "experiments", "shapes_t2v.py"), arg)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def t2v_run(tmp_path_factory):
+  """One tiny text-to-video run through all three stages (shared by the tests below)."""
+  from vidgen.train.loop import train_and_evaluate
+
+  workdir = str(tmp_path_factory.mktemp("t2v"))
+  train_and_evaluate(t2v_config(), workdir)
+  return workdir
+
+
+def test_stages_write_everything(t2v_run):
+  for path in ("vae/config.json", "latents/meta.json", "config.json", "eval.json", "samples/samples_000004.mp4",
+               "samples/samples_000004.gif", "samples/samples_000004.txt"):
+    assert os.path.exists(os.path.join(t2v_run, path)), path
+  rows = read_metrics(t2v_run)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert all(np.isfinite(r["loss"]) for r in rows)
+  with open(os.path.join(t2v_run, "eval.json")) as f:
+    results = json.load(f)
+  # Every held-out combination is evaluated; each result is a real analysis of a generated clip.
+  assert results["held_out"]["count"] == 7
+  assert len(results["seen"]["examples"]) == results["seen"]["count"] == 2
+  assert 0.0 <= results["held_out"]["all"] <= 1.0 and results["vae_psnr"] > 0
+
+
+def test_rerun_skips_finished_stages_and_steps(t2v_run):
+  from vidgen.train.loop import train_and_evaluate
+
+  vae_mtime = os.path.getmtime(os.path.join(t2v_run, "vae", "metrics.jsonl"))
+  cache_mtime = os.path.getmtime(os.path.join(t2v_run, "latents", "meta.json"))
+  train_and_evaluate(t2v_config(), t2v_run)
+  assert os.path.getmtime(os.path.join(t2v_run, "vae", "metrics.jsonl")) == vae_mtime
+  assert os.path.getmtime(os.path.join(t2v_run, "latents", "meta.json")) == cache_mtime
+  assert [r["step"] for r in read_metrics(t2v_run)] == [1, 2, 3, 4]
+
+
+def _fixed_v_loss(trainer, params, batch) -> float:
+  """The v-loss of `params` at fixed noise levels and noise on a fixed batch (training losses are too noisy)."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from vidgen import diffusion
+  from vidgen.models.dit import Conditioning
+
+  x = (batch["mean"] - trainer.latent_shift) / trainer.latent_scale
+  dit = nnx.merge(trainer.dit_graph, params["dit"])
+  text = nnx.merge(trainer.text_graph, params["text"])(batch["ids"], batch["mask"])
+  cond = Conditioning(text=text, text_mask=batch["mask"])
+  losses = [diffusion.v_loss(lambda z, t: dit(z, t, cond), x, jax.random.key(i), trainer.schedule,
+                             t=jnp.full((x.shape[0],), t)) for i, t in enumerate((0.2, 0.4, 0.6, 0.8))]
+  return float(jnp.mean(jnp.stack(losses)))
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_dit_learns_and_resume_is_exact(t2v_run, tmp_path, monkeypatch):
+  """Reusing the run's VAE and cache: 60 steps lower a fixed-noise v-loss; a run that crashes at step 45 and is
+  restarted logs exactly the losses of one never stopped."""
+  from vidgen.train import dit_trainer
+  from vidgen.train.checkpoint import Checkpointer, abstract_like
+  from vidgen.train.dit_trainer import DiTTrainer
+  from vidgen.train.loop import train_and_evaluate
+
+  common = dict(vae_workdir=os.path.join(t2v_run, "vae"), total_steps=60, log_every=1, checkpoint_every=30,
+                sample_every=60, **{"data.cache_dir": os.path.join(t2v_run, "latents"), "eval.at_end": False,
+                                    "optimizer.warmup_steps": 5})
+  full = str(tmp_path / "full")
+  train_and_evaluate(t2v_config(**common), full)
+  losses = [r["loss"] for r in read_metrics(full)]
+
+  config = t2v_config(**common)
+  trainer = DiTTrainer(config, jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1),
+                                                 ("data", "fsdp", "tensor")), full, run_stages=False)
+  initial = trainer.init_state(jax.random.key(config.seed))
+  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
+  checkpointer = Checkpointer(os.path.join(full, "checkpoints"))
+  trained = checkpointer.restore_state_only(abstract)
+  checkpointer.close()
+  it = trainer.make_iterator(0, 1)
+  it.image_every = 0
+  batch = next(it)
+  before, after = _fixed_v_loss(trainer, initial.params, batch), _fixed_v_loss(trainer, trained.params, batch)
+  assert after < 0.8 * before, (before, after)
+
+  parts = str(tmp_path / "parts")
+  original, calls = DiTTrainer.host_batch, {"n": 0}
+
+  def crashing(self, batch):
+    calls["n"] += 1
+    if calls["n"] == 1 + 45:  # one peek at start-up, then one per step: crash fetching step 45's batch
+      raise _Crash()
+    return original(self, batch)
+
+  monkeypatch.setattr(dit_trainer.DiTTrainer, "host_batch", crashing)
+  with pytest.raises(_Crash):
+    train_and_evaluate(t2v_config(**common), parts)
+  assert len(read_metrics(parts)) == 44
+  monkeypatch.setattr(dit_trainer.DiTTrainer, "host_batch", original)
+  train_and_evaluate(t2v_config(**common), parts)  # resumes from the checkpoint at step 30
+  assert [r["loss"] for r in read_metrics(parts)] == losses
+
+
+def test_pipeline_is_deterministic_and_checks_input(t2v_run):
+  from vidgen.pipeline import VideoPipeline
+
+  pipe = VideoPipeline.from_workdir(t2v_run)
+  a = pipe("a red circle moving left", num_frames=5, steps=3, seed=1)
+  b = pipe("a red circle moving left", num_frames=5, steps=3, seed=1)
+  c = pipe("a red circle moving left", num_frames=5, steps=3, seed=2)
+  assert a.dtype == np.uint8 and a.shape == (5, 32, 32, 3)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  batch = pipe(["a red circle moving left", "a blue square moving up"], num_frames=1, steps=2)
+  assert batch.shape == (2, 1, 32, 32, 3)
+  with pytest.raises(ValueError, match="num_frames=6"):
+    pipe("a red circle moving left", num_frames=6)
+  with pytest.raises(ValueError, match="height=36"):
+    pipe("a red circle moving left", height=36)
+  with pytest.raises(ValueError, match="'purple'"):
+    pipe("a purple circle moving left")
+  with pytest.raises(ValueError, match="empty"):
+    pipe("   ")
+  with pytest.raises(ValueError, match="more than|longer|max"):
+    pipe("a red circle moving left and a blue square moving up")
+  with pytest.raises(ValueError, match="'vae' run"):
+    VideoPipeline.from_workdir(os.path.join(t2v_run, "vae"))
+
+
+def test_cli_sample_and_eval(t2v_run, tmp_path):
+  out = str(tmp_path / "clip.mp4")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-m", "vidgen.cli", "sample", "--workdir", t2v_run, "--prompt",
+                         "a green square moving up", "--output", out, "--num_frames", "5", "--steps", "3"],
+                        capture_output=True, text=True, env=env, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "sampling: step 3/3" in done.stderr
+  frames = np.stack(list(iio.imiter(out)))
+  assert frames.shape[0] == 5 and frames.shape[1:3] == (32, 32)
+
+  os.remove(os.path.join(t2v_run, "eval.json"))
+  done = subprocess.run([sys.executable, "-m", "vidgen.cli", "eval", "--workdir", t2v_run], capture_output=True,
+                        text=True, env=env, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "held-out" in done.stdout and os.path.exists(os.path.join(t2v_run, "eval.json"))
+
+  done = subprocess.run([sys.executable, "-m", "vidgen.cli", "sample", "--workdir", str(tmp_path / "none"),
+                         "--prompt", "a red circle moving up", "--output", out], capture_output=True, text=True,
+                        env=env, cwd=ROOT)
+  assert done.returncode != 0 and "no config.json" in done.stderr
+
+
+def test_class_conditional_config_runs(t2v_run, tmp_path):
+  from vidgen.train.loop import train_and_evaluate
+
+  config = load_config_file(os.path.join(ROOT, "experiments", "shapes_dit_class.py"), "runlocal")
+  config.vae_workdir = os.path.join(t2v_run, "vae")
+  config.eval.at_end = False
+  workdir = str(tmp_path / "class")
+  train_and_evaluate(config, workdir)
+  from vidgen.pipeline import VideoPipeline
+
+  pipe = VideoPipeline.from_workdir(workdir)
+  assert pipe("a red square moving down", num_frames=5, steps=2).shape == (5, 32, 32, 3)
+  with pytest.raises(ValueError, match="class-conditional"):
+    pipe("a red square")
+
+
+def test_config_errors_name_the_field(t2v_run, tmp_path):
+  from vidgen.train.loop import train_and_evaluate
+
+  vae = os.path.join(t2v_run, "vae")
+  cases = [({"dit.input_size": (2, 2, 2)}, "dit.input_size"),
+           ({"data.num_frames": 6}, "data.num_frames"),
+           ({"dit.text_dim": 8}, "dit.text_dim"),
+           ({"diffusion.schedule": "sigmoid"}, "diffusion.schedule"),
+           ({"data.cache_clips": 2}, "data.cache_clips")]
+  for overrides, field in cases:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+      train_and_evaluate(t2v_config(vae_workdir=vae, **overrides), str(tmp_path / "bad"))
+  with pytest.raises(ConfigError, match="vae_workdir"):
+    train_and_evaluate(t2v_config(vae_workdir=str(tmp_path / "missing")), str(tmp_path / "bad2"))
+
+
+# -- latent cache ----------------------------------------------------------------------------------------------------
+
+
+def _fake_clips(start, n):
+  return {"video": np.full((n, 5, 8, 8, 3), start, np.uint8), "label": np.arange(start, start + n),
+          "caption": np.asarray([f"clip {i}" for i in range(start, start + n)], dtype=object)}
+
+
+def _fake_encode(video):
+  mean = video[:, :2, :2, :2, :1].astype(np.float32)
+  return mean, np.ones_like(mean)
+
+
+def test_latent_cache_roundtrip_refusal_and_atomicity(tmp_path):
+  directory = str(tmp_path / "cache")
+  fp = {"vae": {"step": 3}, "data": {"clips": 10}}
+  LatentCache.build(directory, fingerprint=fp, num_clips=10, clips_fn=_fake_clips, encode_fn=_fake_encode,
+                    batch_size=4, shard_size=4)
+  cache = LatentCache.open(directory, fp)
+  assert len(cache) == 10 and cache.latent_shape == (2, 2, 2, 1)
+  np.testing.assert_array_equal(cache.arrays["label"], np.arange(10))
+  assert list(cache.arrays["caption"][:2]) == ["clip 0", "clip 1"]
+  with pytest.raises(CacheMismatchError, match=r"vae\.step: cache has 3, run wants 4"):
+    LatentCache.open(directory, {"vae": {"step": 4}, "data": {"clips": 10}})
+
+  def failing_encode(video):
+    raise RuntimeError("encoder crashed")
+
+  broken = str(tmp_path / "broken")
+  with pytest.raises(RuntimeError, match="encoder crashed"):
+    LatentCache.build(broken, fingerprint=fp, num_clips=10, clips_fn=_fake_clips, encode_fn=failing_encode)
+  assert not os.path.exists(broken) and os.listdir(tmp_path) == ["cache"]  # nothing half-written left behind
+
+
+def test_latent_iterator_is_a_pure_function_of_its_state(tmp_path):
+  directory = str(tmp_path / "cache")
+  LatentCache.build(directory, fingerprint={}, num_clips=12, clips_fn=_fake_clips, encode_fn=_fake_encode)
+  cache = LatentCache.open(directory, {})
+  it = LatentIterator(cache, global_batch=4, seed=0, image_every=3)
+  batches = [next(it) for _ in range(7)]
+  # Every epoch (3 batches) covers each clip exactly once; epochs are shuffled differently.
+  epoch0 = np.concatenate([b["label"] for b in batches[:3]])
+  epoch1 = np.concatenate([b["label"] for b in batches[3:6]])
+  assert sorted(epoch0) == list(range(12)) and sorted(epoch1) == list(range(12))
+  assert not np.array_equal(epoch0, epoch1)
+  assert [b["mean"].shape[1] for b in batches] == [2, 2, 1, 2, 2, 1, 2]  # every third batch: images
+  resumed = LatentIterator(cache, global_batch=4, seed=0, image_every=3)
+  resumed.set_state({"next_batch": 4})
+  np.testing.assert_array_equal(next(resumed)["label"], batches[4]["label"])
+  # Two processes reassemble the single-process global batch.
+  halves = [LatentIterator(cache, global_batch=4, seed=0, process_index=p, process_count=2) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([next(h)["label"] for h in halves]), batches[0]["label"])

@@ -1,0 +1,205 @@
+"""VideoPipeline: prompt -> video, over a trained DiT run (its VAE, text encoder and EMA weights).
+
+  from vidgen.pipeline import VideoPipeline
+  pipe = VideoPipeline.from_workdir("workdirs/shapes_t2v")
+  video = pipe("a red circle moving left", num_frames=17, steps=50, guidance=4.0, seed=0)   # uint8 [T, H, W, 3]
+  videos = pipe(["a red circle moving left", "a blue square moving up"])                    # uint8 [B, T, H, W, 3]
+
+Generation is one jitted program per (batch, size, steps, sampler) — text encoding, the guided sampler loop and VAE
+decoding — and depends only on (prompts, seed): example i starts from noise drawn with `fold_in(key(seed), i)`.
+Class-conditional runs take the same prompts: a caption of the embedded data names its class.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vidgen import diffusion
+from vidgen.config import read_run_config
+from vidgen.data import to_uint8
+from vidgen.data.shapes import class_id, parse_combination
+from vidgen.models.dit import Conditioning, null_conditioning
+from vidgen.parallel import axis_rules, make_mesh
+
+
+class VideoPipeline:
+  """Generates videos from prompts with a trained DiT run: `from_workdir`, or `DiTTrainer.pipeline(state)`."""
+
+  def __init__(self, *, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vae, dit, text, tokenizer):
+    self.config, self.mesh, self.tokenizer = config, mesh, tokenizer
+    self.vae_graph, self.vae_params, self.vae_stats = vae
+    self.dit_graph, self.dit_params = dit
+    self.text_graph, self.text_params = text
+    self.rules = tuple(tuple(r) for r in config.sharding_rules)
+    from vidgen.train.dit_trainer import make_schedule  # config -> schedule lives with the trainer's config fields
+
+    self.schedule = make_schedule(config.diffusion)
+    vae_config = self.vae_graph_config()
+    self.temporal_factor = vae_config["temporal_downsample"]
+    self.spatial_factor = vae_config["spatial_downsample"]
+    self.latent_channels = vae_config["latent_channels"]
+    self.patch = tuple(config.dit.patch_size)
+    self.num_classes = int(config.dit.num_classes)
+    self._compiled: dict = {}
+
+  @classmethod
+  def from_workdir(cls, workdir: str, *, ema: bool = True, mesh: jax.sharding.Mesh | None = None) -> "VideoPipeline":
+    """Loads a finished (or checkpointed) DiT run: config.json, the VAE run it used, and the latest DiT weights."""
+    from vidgen.train.checkpoint import Checkpointer, abstract_like
+    from vidgen.train.dit_trainer import DiTTrainer
+
+    workdir = os.path.abspath(workdir)
+    config = read_run_config(workdir)
+    if config.get("trainer") != "dit":
+      raise ValueError(f"{workdir} holds a {config.get('trainer')!r} run; VideoPipeline needs a DiT run "
+                       "(trained with experiments/shapes_t2v.py or another config with trainer='dit')")
+    step = Checkpointer.latest_step_in(os.path.join(workdir, "checkpoints"))
+    if step is None:
+      raise FileNotFoundError(f"{workdir}: no trained model yet (no DiT checkpoint in {workdir}/checkpoints); "
+                              "train it with `vidgen train`")
+    mesh = make_mesh({"data": -1}) if mesh is None else mesh
+    trainer = DiTTrainer(config, mesh, workdir, run_stages=False)
+    abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+      state = checkpointer.restore_state_only(abstract, step)
+    finally:
+      checkpointer.close()
+    return trainer.pipeline(state, ema=ema)
+
+  def vae_graph_config(self) -> dict:
+    return nnx.merge(self.vae_graph, self.vae_params, self.vae_stats).config
+
+  # -- inputs ------------------------------------------------------------------------------------------------------
+
+  def _condition_inputs(self, prompts: list[str]) -> dict[str, np.ndarray]:
+    """Prompts -> the host arrays the conditioning is built from (token ids + mask, or class ids)."""
+    kind = self.config.conditioning
+    if kind == "text":
+      ids, mask = self.tokenizer(prompts)
+      return {"ids": ids, "mask": mask}
+    if kind == "class":
+      labels = []
+      for p in prompts:
+        try:
+          labels.append(class_id(*parse_combination(p)))
+        except ValueError as e:
+          raise ValueError(f"prompt {p!r}: this class-conditional model takes captions of the embedded data "
+                           f"('a {{color}} {{shape}} moving {{direction}}'): {e}") from None
+      return {"labels": np.asarray(labels, np.int32)}
+    return {}
+
+  def _check_size(self, num_frames: int, height: int, width: int) -> None:
+    ft, fs = self.temporal_factor, self.spatial_factor
+    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1 or (num_frames - 1) % ft:
+      raise ValueError(f"num_frames={num_frames!r}: must be 1 + {ft}k (1, {1 + ft}, {1 + 2 * ft}, 17, ...)")
+    for name, value, p in (("height", height, self.patch[1]), ("width", width, self.patch[2])):
+      if not isinstance(value, (int, np.integer)) or value < 1 or value % (fs * p):
+        raise ValueError(f"{name}={value!r}: must be a positive multiple of VAE factor x patch = {fs} x {p} = "
+                         f"{fs * p}")
+
+  # -- generation --------------------------------------------------------------------------------------------------
+
+  def _generate_fn(self, steps: int, sampler: str, guided: bool, progress: bool):
+    key = (steps, sampler, guided, progress)
+    if key in self._compiled:
+      return self._compiled[key]
+
+    def generate(dit_params, text_params, vae_params, vae_stats, inputs, noise, guidance, sample_key):
+      with axis_rules(self.mesh, self.rules):
+        dit = nnx.merge(self.dit_graph, dit_params)
+        if "ids" in inputs:
+          text = nnx.merge(self.text_graph, text_params)(inputs["ids"], inputs["mask"])
+          cond = Conditioning(text=text, text_mask=inputs["mask"])
+        elif "labels" in inputs:
+          cond = Conditioning(labels=inputs["labels"])
+        else:
+          cond = Conditioning()
+        model = lambda z, t, c: dit(z, t, c)
+        if guided:
+          denoise = diffusion.classifier_free_guidance(model, cond, null_conditioning(cond, self.num_classes),
+                                                       scale=guidance)
+        else:
+          denoise = lambda z, t: model(z, t, cond)
+        if progress:
+          counter = _Progress(steps)
+          inner = denoise
+
+          def denoise(z, t):
+            jax.debug.callback(counter.tick, t[0], ordered=True)
+            return inner(z, t)
+
+        z0 = diffusion.sample(denoise, noise, schedule=self.schedule, sampler=sampler, num_steps=steps,
+                              key=sample_key)
+        vae = nnx.merge(self.vae_graph, vae_params, vae_stats)
+        return jnp.clip(vae.decode(vae.denormalize(z0)), -1.0, 1.0)
+
+    fn = jax.jit(generate)
+    self._compiled[key] = fn
+    return fn
+
+  def __call__(self, prompt: str | Sequence[str], num_frames: int = 17, height: int | None = None,
+               width: int | None = None, steps: int = 50, guidance: float = 4.0, seed: int = 0,
+               sampler: str = "ddim", progress: bool = False) -> np.ndarray:
+    """Generates one video per prompt.
+
+    Args:
+      prompt: a caption, or a list of captions (batched).
+      num_frames: 1 + 4k frames (1 gives an image).
+      height, width: pixels, multiples of VAE factor x patch; default the training size.
+      steps: sampler steps; guidance: classifier-free guidance scale (1 = conditional only, 0 = unconditional);
+      seed: noise seed; sampler: "ddim" | "ddpm" | "dpmpp_2m".
+      progress: print a progress line over sampling steps (to stderr).
+
+    Returns:
+      uint8 [T, H, W, 3] for one prompt, [B, T, H, W, 3] for a list.
+    """
+    single = isinstance(prompt, str)
+    prompts = [prompt] if single else list(prompt)
+    if not prompts:
+      raise ValueError("prompt: got an empty list; give a caption or a list of captions")
+    for p in prompts:
+      if not isinstance(p, str) or not p.strip():
+        raise ValueError(f"prompt {p!r}: must be a non-empty string")
+    height = self.config.data.height if height is None else height
+    width = self.config.data.width if width is None else width
+    self._check_size(num_frames, height, width)
+    if sampler not in diffusion.SAMPLERS:
+      raise ValueError(f"sampler={sampler!r}: allowed {diffusion.SAMPLERS}")
+    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.schedule.num_train_steps:
+      raise ValueError(f"steps={steps!r}: must be an integer in [1, {self.schedule.num_train_steps}]")
+    if guidance < 0:
+      raise ValueError(f"guidance={guidance!r}: must be >= 0")
+    inputs = self._condition_inputs(prompts)
+    fs, ft = self.spatial_factor, self.temporal_factor
+    shape = (1 + (num_frames - 1) // ft, height // fs, width // fs, self.latent_channels)
+    base = jax.random.key(seed)
+    noise = jnp.stack([jax.random.normal(jax.random.fold_in(base, i), shape) for i in range(len(prompts))])
+    sample_key = jax.random.fold_in(base, -1 & 0x7FFFFFFF)
+    guided = self.config.conditioning != "none" and guidance != 1.0
+    fn = self._generate_fn(int(steps), sampler, guided, progress)
+    video = fn(self.dit_params, self.text_params, self.vae_params, self.vae_stats, inputs, noise,
+               jnp.float32(guidance), sample_key)
+    if progress:
+      print(file=sys.stderr)
+    out = to_uint8(np.asarray(video))
+    return out[0] if single else out
+
+
+class _Progress:
+  """Prints `sampling: step i/n` as the jitted sampler calls back once per denoiser evaluation."""
+
+  def __init__(self, total: int):
+    self.total, self.done = total, 0
+
+  def tick(self, t) -> None:
+    self.done = self.done % self.total + 1
+    print(f"\rsampling: step {self.done}/{self.total} (t={float(t):.3f})", end="", file=sys.stderr, flush=True)
