@@ -40,12 +40,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "dit"
   config.seed = 0
-  config.total_steps = 2000
+  config.total_steps = 1500
   config.batch_size = 32
   config.log_every = 50
   config.checkpoint_every = 500
-  config.sample_every = 1000
+  config.sample_every = 500
   config.keep_checkpoints = 2
+  config.skip_nonfinite_updates = False   # True: a NaN/Inf step leaves the state unchanged instead of stopping
+  config.peak_tflops_per_device = ml_collections.config_dict.placeholder(float)  # MFU peak; None = by device kind
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sharding_rules = DEFAULT_RULES
 
@@ -63,12 +65,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dit = dit_config(
       input_size=latent, in_channels=vae_stage.vae.latent_channels, patch_size=(1, 2, 2), width=128, depth=4,
       num_heads=4, attention_pattern=("spatial", "spatiotemporal"), window=(5, 2, 2), qk_norm=True,
-      adaln_lora_rank=0, pos_embedding="learned",
+      adaln_lora_rank=0, pos_embedding="learned", pooled_text=not args["class"],
       num_classes=NUM_CLASSES if args["class"] else 0,
       text_dim=0 if args["class"] else config.text.width)
 
   config.diffusion = ml_collections.ConfigDict(dict(
-      schedule="cosine", shift=0.0, zero_terminal_snr=True, weighting="min_snr", min_snr_gamma=5.0,
+      schedule="cosine", shift=0.0, zero_terminal_snr=True, weighting="v_mse", min_snr_gamma=5.0,
       guidance_dropout=0.1))
   config.ema_decay = 0.995
   config.optimizer = default_optimizer_config(lr=1e-3)

@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every = 200
   config.sample_every = 200
   config.keep_checkpoints = 3
+  config.skip_nonfinite_updates = False   # True: a NaN/Inf step leaves the state unchanged instead of stopping
+  config.peak_tflops_per_device = ml_collections.config_dict.placeholder(float)  # MFU peak; None = by device kind
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sharding_rules = DEFAULT_RULES
 

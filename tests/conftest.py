@@ -27,16 +27,13 @@ def vae_config():
   return tiny_vae_config()
 
 
-def tiny_train_config(**overrides) -> ml_collections.ConfigDict:
-  """experiments/shapes_vae.py:runlocal (a VAE train run of a few seconds), with dotted-key overrides."""
-  import importlib.util
+def experiment_config(name: str, arg: str | None = None, **overrides) -> ml_collections.ConfigDict:
+  """experiments/NAME.py's get_config(arg), with dotted-key overrides ("data.cache_dir": ...)."""
   import pathlib
 
-  path = pathlib.Path(__file__).parent.parent / "experiments" / "shapes_vae.py"
-  spec = importlib.util.spec_from_file_location("shapes_vae_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("runlocal")
+  from vidgen.config import load_config_file
+
+  config = load_config_file(str(pathlib.Path(__file__).parent.parent / "experiments" / f"{name}.py"), arg)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")
@@ -44,3 +41,8 @@ def tiny_train_config(**overrides) -> ml_collections.ConfigDict:
       node = node[p]
     node[leaf] = value
   return config
+
+
+def tiny_train_config(**overrides) -> ml_collections.ConfigDict:
+  """experiments/shapes_vae.py:runlocal (a VAE train run of a few seconds), with dotted-key overrides."""
+  return experiment_config("shapes_vae", "runlocal", **overrides)

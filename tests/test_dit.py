@@ -391,3 +391,30 @@ def test_dit_imagenet_config():
     exp.get_config("variant=XXL/2")
   with pytest.raises(ConfigError, match="not known"):
     exp.get_config("varaint=XL/2")
+
+
+def test_pooled_text_conditions_through_adaln_and_ignores_padding():
+  """pooled_text adds the mean of the real caption tokens to c: padding tokens (and their values) do not matter, a
+  caption changes the output even without cross-attention's help, and the null caption equals no caption."""
+  config = tiny(pooled_text=True)
+  model = random_model(config)
+  apply, params = pure(model)
+  z, t, cond = inputs(config)
+  text = jax.random.normal(jax.random.key(1), (B, 3, config.text_dim))
+  mask = jnp.array([[True, True, False], [True, False, False]])
+  base = apply(params, z, t, cond.replace(text=text, text_mask=mask))
+  other_padding = text.at[:, 2].set(100.0).at[1, 1].set(-7.0)
+  np.testing.assert_allclose(np.asarray(apply(params, z, t, cond.replace(text=other_padding, text_mask=mask))),
+                             np.asarray(base), rtol=1e-5, atol=1e-5)
+  # Zero the cross-attention output projections: the caption must still reach the output through adaLN.
+  no_cross = jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.zeros_like(x) if "cross" in jax.tree_util.keystr(p) and "out" in jax.tree_util.keystr(p)
+      else x, params)
+  a = apply(no_cross, z, t, cond.replace(text=text, text_mask=mask))
+  b = apply(no_cross, z, t, cond.replace(text=-text, text_mask=mask))
+  assert float(jnp.abs(a - b).max()) > 1e-3
+  null = cond.replace(text=text, text_mask=jnp.zeros_like(mask))
+  np.testing.assert_allclose(np.asarray(apply(params, z, t, null)), np.asarray(apply(params, z, t, cond.replace(
+      text=None, text_mask=None))), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ConfigError, match="dit.pooled_text"):
+    tiny(pooled_text=True, text_dim=0)

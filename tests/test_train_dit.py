@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import experiment_config
 from vidgen.config import ConfigError, load_config_file
 from vidgen.data.latent_cache import CacheMismatchError, LatentCache, LatentIterator
 
@@ -17,14 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def t2v_config(arg="runlocal", **overrides):
-  config = load_config_file(os.path.join(ROOT, "experiments", "shapes_t2v.py"), arg)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return experiment_config("shapes_t2v", arg, **overrides)
 
 
 def read_metrics(workdir):
@@ -90,15 +84,15 @@ class _Crash(Exception):
 
 
 def test_dit_learns_and_resume_is_exact(t2v_run, tmp_path, monkeypatch):
-  """Reusing the run's VAE and cache: 60 steps lower a fixed-noise v-loss; a run that crashes at step 45 and is
+  """Reusing the run's VAE and cache: 40 steps lower a fixed-noise v-loss; a run that crashes at step 30 and is
   restarted logs exactly the losses of one never stopped."""
   from vidgen.train import dit_trainer
-  from vidgen.train.checkpoint import Checkpointer, abstract_like
+  from vidgen.train.checkpoint import restore_trainer_state
   from vidgen.train.dit_trainer import DiTTrainer
   from vidgen.train.loop import train_and_evaluate
 
-  common = dict(vae_workdir=os.path.join(t2v_run, "vae"), total_steps=60, log_every=1, checkpoint_every=30,
-                sample_every=60, **{"data.cache_dir": os.path.join(t2v_run, "latents"), "eval.at_end": False,
+  common = dict(vae_workdir=os.path.join(t2v_run, "vae"), total_steps=40, log_every=1, checkpoint_every=20,
+                sample_every=40, **{"data.cache_dir": os.path.join(t2v_run, "latents"), "eval.at_end": False,
                                     "optimizer.warmup_steps": 5})
   full = str(tmp_path / "full")
   train_and_evaluate(t2v_config(**common), full)
@@ -108,31 +102,28 @@ def test_dit_learns_and_resume_is_exact(t2v_run, tmp_path, monkeypatch):
   trainer = DiTTrainer(config, jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1),
                                                  ("data", "fsdp", "tensor")), full, run_stages=False)
   initial = trainer.init_state(jax.random.key(config.seed))
-  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
-  checkpointer = Checkpointer(os.path.join(full, "checkpoints"))
-  trained = checkpointer.restore_state_only(abstract)
-  checkpointer.close()
+  trained = restore_trainer_state(trainer, full, config.total_steps)
   it = trainer.make_iterator(0, 1)
   it.image_every = 0
   batch = next(it)
   before, after = _fixed_v_loss(trainer, initial.params, batch), _fixed_v_loss(trainer, trained.params, batch)
-  assert after < 0.8 * before, (before, after)
+  assert after < 0.9 * before, (before, after)  # deterministic: same noise, same t, same clips
 
   parts = str(tmp_path / "parts")
   original, calls = DiTTrainer.host_batch, {"n": 0}
 
   def crashing(self, batch):
     calls["n"] += 1
-    if calls["n"] == 1 + 45:  # one peek at start-up, then one per step: crash fetching step 45's batch
+    if calls["n"] == 1 + 30:  # one peek at start-up, then one per step: crash fetching step 30's batch
       raise _Crash()
     return original(self, batch)
 
   monkeypatch.setattr(dit_trainer.DiTTrainer, "host_batch", crashing)
   with pytest.raises(_Crash):
     train_and_evaluate(t2v_config(**common), parts)
-  assert len(read_metrics(parts)) == 44
+  assert len(read_metrics(parts)) == 29
   monkeypatch.setattr(dit_trainer.DiTTrainer, "host_batch", original)
-  train_and_evaluate(t2v_config(**common), parts)  # resumes from the checkpoint at step 30
+  train_and_evaluate(t2v_config(**common), parts)  # resumes from the checkpoint at step 20
   assert [r["loss"] for r in read_metrics(parts)] == losses
 
 

@@ -108,3 +108,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
   """Console-script entry point."""
   app.run(main, argv=sys.argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -53,7 +53,7 @@ class VideoPipeline:
   @classmethod
   def from_workdir(cls, workdir: str, *, ema: bool = True, mesh: jax.sharding.Mesh | None = None) -> "VideoPipeline":
     """Loads a finished (or checkpointed) DiT run: config.json, the VAE run it used, and the latest DiT weights."""
-    from vidgen.train.checkpoint import Checkpointer, abstract_like
+    from vidgen.train.checkpoint import Checkpointer, restore_trainer_state
     from vidgen.train.dit_trainer import DiTTrainer
 
     workdir = os.path.abspath(workdir)
@@ -67,13 +67,7 @@ class VideoPipeline:
                               "train it with `vidgen train`")
     mesh = make_mesh({"data": -1}) if mesh is None else mesh
     trainer = DiTTrainer(config, mesh, workdir, run_stages=False)
-    abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-      state = checkpointer.restore_state_only(abstract, step)
-    finally:
-      checkpointer.close()
-    return trainer.pipeline(state, ema=ema)
+    return trainer.pipeline(restore_trainer_state(trainer, workdir, step), ema=ema)
 
   def vae_graph_config(self) -> dict:
     return nnx.merge(self.vae_graph, self.vae_params, self.vae_stats).config

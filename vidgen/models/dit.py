@@ -84,6 +84,7 @@ def _base_config() -> ml_collections.ConfigDict:
   c.pos_embedding = "learned"         # "learned" | "sincos".
   c.num_classes = 0                   # 0 = no class conditioning; otherwise a table of num_classes + 1 (null).
   c.text_dim = 0                      # 0 = no cross-attention; otherwise the width of the text-encoder tokens.
+  c.pooled_text = False               # Also add the mean caption token (projected) to the adaLN conditioning.
   c.task_channels = 0                 # Extra latent channels for task conditioning (mask + known latents); 0 = off.
   c.self_condition = False            # Concatenate the previous x estimate (C channels) on the input.
   c.freq_dim = 256                    # Sinusoidal timestep features.
@@ -171,6 +172,7 @@ class DiTSpec:
   pos_embedding: str
   num_classes: int
   text_dim: int
+  pooled_text: bool
   task_channels: int
   self_condition: bool
   freq_dim: int
@@ -272,6 +274,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
       check_window(grid, window)
     except ValueError as e:
       raise ConfigError(f"config.dit.window: {e}") from None
+  if get("pooled_text"):
+    require(get("text_dim") > 0, "dit.pooled_text", "needs captions (dit.text_dim > 0)")
   pos = get("pos_embedding")
   require(pos in POS_EMBEDDINGS, "dit.pos_embedding", f"must be one of {POS_EMBEDDINGS}, got {pos!r}")
   if pos == "sincos":
@@ -467,6 +471,12 @@ class VideoDiT(nnx.Module):
           spec.text_dim, d, dtype=dtype, param_dtype=pdtype,
           kernel_init=logical(nnx.initializers.xavier_uniform(), None, "embed"),
           bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+    self.text_pool = nnx.data(None)
+    if spec.pooled_text:
+      # Zero-initialised: a pooled caption starts with no effect, so the model still starts as DiT's identity map.
+      self.text_pool = nnx.Linear(d, d, param_dtype=pdtype,
+                                  kernel_init=logical(nnx.initializers.zeros_init(), "embed", "mlp"),
+                                  bias_init=logical(nnx.initializers.zeros_init(), "mlp"), rngs=rngs)
     self.ada_shared = nnx.data(None)
     if spec.adaln_lora_rank:
       zeros = nnx.initializers.zeros_init()
@@ -578,9 +588,14 @@ class VideoDiT(nnx.Module):
       c = c + self.label_embed(labels)
     elif cond.labels is not None:
       raise ValueError("cond.labels was given but the model was built with num_classes=0")
+    context, context_mask = self._context(batch, cond)
+    if self.text_pool is not None:
+      # Mean over real caption tokens; an all-padding (null) caption pools to zero and adds only the bias.
+      weights = context_mask.astype(jnp.float32)[..., None]
+      pooled = jnp.sum(context.astype(jnp.float32) * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+      c = c + self.text_pool(pooled)
     c_act = jax.nn.silu(c)
     ada_shared = None if self.ada_shared is None else self.ada_shared(c_act)
-    context, context_mask = self._context(batch, cond)
 
     x = self._run_blocks(x, c_act, ada_shared, grid, context, context_mask)
     out = self.final(x, c_act)

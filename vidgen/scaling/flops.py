@@ -50,6 +50,7 @@ def forward_macs(model_config: Mapping[str, Any] | DiTSpec, latent_shape: Sequen
   macs = n * patch * spec.input_channels * d                      # Patch embedding.
   macs += spec.freq_dim * d + d * d                               # Timestep MLP.
   macs += text * spec.text_dim * d                                # Caption projection.
+  macs += d * d if spec.pooled_text else 0                        # Pooled caption into the adaLN conditioning.
   if spec.adaln_lora_rank:                                        # adaLN modulation (per example, not per token).
     r = spec.adaln_lora_rank
     macs += d * 6 * d + spec.depth * (d * r + r * 6 * d)

@@ -240,3 +240,13 @@ def state_fingerprint(tree: Any) -> tuple[dict[str, int], bool]:
 def finite_leaves(tree: Any) -> dict[str, bool]:
   names, leaves = _named_leaves(tree)
   return {n: bool(f) for n, f in zip(names, jax.device_get(_fingerprints(leaves))[1])}
+
+
+def restore_trainer_state(trainer: Any, workdir: str, step: int) -> Any:
+  """`trainer`'s state at `step` from `workdir/checkpoints`, placed with the trainer's shardings (for inference)."""
+  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    return checkpointer.restore_state_only(abstract, step)
+  finally:
+    checkpointer.close()

@@ -26,7 +26,7 @@ from vidgen.data import ShapesDataset, ShapesIterator, to_model_range, to_uint8
 from vidgen.models.discriminator import PatchDiscriminator3D
 from vidgen.models.vae import SpacetimeVAE, validate_vae_config
 from vidgen.parallel import axis_rules, make_mesh, state_shardings
-from vidgen.train.checkpoint import Checkpointer, abstract_like
+from vidgen.train.checkpoint import Checkpointer, restore_trainer_state
 from vidgen.train.optim import make_optimizer, validate_optimizer_config
 
 # A perceptual distance maps two frame batches [N, H, W, 3] in [-1, 1] to per-frame distances [N]. Pretrained
@@ -290,10 +290,4 @@ def load_vae(workdir: str, mesh: jax.sharding.Mesh | None = None) -> tuple[Space
                      "are measured at the last step, so finish it first (run the same `vidgen train` command again)")
   mesh = make_mesh({"data": -1}) if mesh is None else mesh
   trainer = VAETrainer(config, mesh, workdir)
-  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    state = checkpointer.restore_state_only(abstract, step)
-  finally:
-    checkpointer.close()
-  return trainer.vae(state), step
+  return trainer.vae(restore_trainer_state(trainer, workdir, step)), step
