@@ -42,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.total_steps = 1500
   config.batch_size = 32
+  config.grad_accum_steps = 1      # split each batch into this many micro-batches (same result, less memory)
   config.log_every = 50
   config.checkpoint_every = 500
   config.sample_every = 500

@@ -119,6 +119,7 @@ def v_loss(
     gamma: float = 5.0,
     mask: Array | None = None,
     t: Array | None = None,
+    eps: Array | None = None,
 ) -> Array:
   """Per-example weighted v-prediction loss.
 
@@ -138,6 +139,8 @@ def v_loss(
       loss is then sum(mask * err^2) / sum(mask) per example (0 where the mask is all zero), so its scale does not
       depend on how many elements are masked.
     t: optional times float [B] to use instead of sampling them (evaluation at fixed noise levels).
+    eps: optional noise of x's shape to use instead of drawing it (e.g. drawn once for a batch that is then split
+      into micro-batches for gradient accumulation).
 
   Returns:
     loss: float32 [B].
@@ -151,7 +154,10 @@ def v_loss(
   t = jnp.asarray(t, jnp.float32)
   if t.shape != (batch,):
     raise ValueError(f"t must have shape (batch,) = {(batch,)}, got {t.shape}")
-  eps = jax.random.normal(key_eps, x.shape, x.dtype)
+  if eps is None:
+    eps = jax.random.normal(key_eps, x.shape, x.dtype)
+  elif eps.shape != x.shape:
+    raise ValueError(f"eps must have the shape of x {x.shape}, got {eps.shape}")
   alpha, sigma = schedule.alpha_sigma(t)
   z_t = add_noise(x, eps, alpha, sigma).astype(x.dtype)
   v = v_from_x_eps(x, eps, alpha, sigma)

@@ -34,7 +34,7 @@ from vidgen.config import ConfigError, require
 from vidgen.data import ShapesDataset
 from vidgen.data.latent_cache import LatentCache, LatentIterator
 from vidgen.data.shapes import NUM_CLASSES
-from vidgen.models.dit import Conditioning, DiTSpec, VideoDiT, drop_conditioning
+from vidgen.models.dit import Conditioning, DiTSpec, VideoDiT
 from vidgen.models.text import SmallTextEncoder, WordTokenizer, shapes_tokenizer, validate_small_text_config
 from vidgen.parallel import axis_rules, state_shardings
 from vidgen.scaling import forward_flops
@@ -97,6 +97,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(0.0 <= df.guidance_dropout < 1.0, "diffusion.guidance_dropout",
           f"must be in [0, 1), got {df.guidance_dropout}")
   require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
+  accum = config.get("grad_accum_steps", 1)
+  require(isinstance(accum, int) and accum >= 1 and config.batch_size % accum == 0, "grad_accum_steps",
+          f"must be a positive integer dividing batch_size={config.batch_size}, got {accum!r}")
   s = config.sampling
   require(s.sampler in diffusion.SAMPLERS, "sampling.sampler", f"must be one of {diffusion.SAMPLERS}, got "
                                                                 f"{s.sampler!r}")
@@ -299,22 +302,53 @@ class DiTTrainer:
     with axis_rules(self.mesh, self.rules):
       return self._train_step(state, batch)
 
+  def _drop_conditioning(self, batch: dict, key: jax.Array) -> dict:
+    """Guidance dropout on the batch itself: a dropped example gets the null class / an all-padding caption."""
+    p = self.config.diffusion.guidance_dropout
+    if p <= 0 or self.config.conditioning == "none":
+      return batch
+    drop = jax.random.bernoulli(key, p, (batch["mean"].shape[0],))
+    batch = dict(batch)
+    if self.config.conditioning == "class":
+      batch["label"] = jnp.where(drop, self.spec.num_classes, batch["label"])
+    else:
+      batch["mask"] = batch["mask"] & ~drop[:, None]
+    return batch
+
   def _train_step(self, state: DiTState, batch: dict) -> tuple[DiTState, dict]:
     cfg = self.config
     key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
-    k_z, k_drop, k_loss = jax.random.split(key, 3)
-    z = batch["mean"] + batch["std"] * jax.random.normal(k_z, batch["mean"].shape)
-    x = (z - self.latent_shift) / self.latent_scale
+    k_z, k_drop, k_t, k_eps = jax.random.split(key, 4)
+    # All randomness is drawn for the whole batch before it is split into micro-batches, so gradient accumulation
+    # changes the memory footprint, not the result.
+    mean = batch["mean"]
+    z = mean + batch["std"] * jax.random.normal(k_z, mean.shape)
+    batch = self._drop_conditioning(dict(batch, x=(z - self.latent_shift) / self.latent_scale,
+                                         t=diffusion.sample_t(k_t, mean.shape[0]),
+                                         eps=jax.random.normal(k_eps, mean.shape)), k_drop)
+    del batch["mean"], batch["std"]
 
-    def loss_fn(params):
+    def loss_fn(params, micro):
       dit = nnx.merge(self.dit_graph, params["dit"])
-      cond = drop_conditioning(self.conditioning(params, batch), k_drop, cfg.diffusion.guidance_dropout,
-                               self.spec.num_classes)
-      per_example = diffusion.v_loss(lambda z_t, t: dit(z_t, t, cond), x, k_loss, self.schedule,
-                                     weighting=cfg.diffusion.weighting, gamma=cfg.diffusion.min_snr_gamma)
+      cond = self.conditioning(params, micro)
+      per_example = diffusion.v_loss(lambda z_t, t: dit(z_t, t, cond), micro["x"], k_eps, self.schedule,
+                                     weighting=cfg.diffusion.weighting, gamma=cfg.diffusion.min_snr_gamma,
+                                     t=micro["t"], eps=micro["eps"])
       return jnp.mean(per_example)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    steps = cfg.get("grad_accum_steps", 1)
+    if steps == 1:
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+    else:
+      micro_batches = jax.tree.map(lambda a: a.reshape(steps, a.shape[0] // steps, *a.shape[1:]), batch)
+
+      def accumulate(carry, micro):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, micro)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
+      loss, grads = jax.tree.map(lambda a: a / steps, (loss, grads))
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # EMA with a warm-up (decay grows as (1 + n) / (10 + n)), so early samples are not dominated by the random init.
