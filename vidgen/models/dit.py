@@ -45,6 +45,7 @@ from vidgen.parallel.sharding import constrain, logical
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("auto", *DTYPES)  # "auto": bfloat16 on TPU / GPU, float32 on CPU (params stay param_dtype)
 _RESIDUAL = ("act_batch", "act_len", "act_embed")
 
 # name -> (depth, width, heads). DiT sizes from the paper's Table 1; "mu" and "Ti" are small sizes for smoke runs.
@@ -89,7 +90,7 @@ def _base_config() -> ml_collections.ConfigDict:
   c.self_condition = False            # Concatenate the previous x estimate (C channels) on the input.
   c.freq_dim = 256                    # Sinusoidal timestep features.
   c.time_scale = 1000.0               # t in [0, 1] is multiplied by this before the sinusoid.
-  c.dtype = "float32"                 # Compute dtype ("bfloat16" on accelerators).
+  c.dtype = "auto"                    # Compute dtype; "auto" = bfloat16 on TPU / GPU, float32 on CPU.
   c.param_dtype = "float32"
   c.remat = "none"                    # REMAT_POLICIES.
   c.scan_layers = True                # False unrolls depth (same weights); for debugging and tests.
@@ -224,6 +225,8 @@ class DiTSpec:
 
   @property
   def compute_dtype(self):
+    if self.dtype == "auto":
+      return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
     return jnp.dtype(self.dtype)
 
   @property
@@ -280,8 +283,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
   require(pos in POS_EMBEDDINGS, "dit.pos_embedding", f"must be one of {POS_EMBEDDINGS}, got {pos!r}")
   if pos == "sincos":
     require(width % 4 == 0, "dit.width", f"sin-cos positions need a width divisible by 4, got {width}")
-  for name in ("dtype", "param_dtype"):
-    require(get(name) in DTYPES, f"dit.{name}", f"must be one of {DTYPES}, got {get(name)!r}")
+  require(get("dtype") in COMPUTE_DTYPES, "dit.dtype", f"must be one of {COMPUTE_DTYPES}, got {get('dtype')!r}")
+  require(get("param_dtype") in DTYPES, "dit.param_dtype", f"must be one of {DTYPES}, got {get('param_dtype')!r}")
   require(get("remat") in REMAT_POLICIES, "dit.remat", f"must be one of {REMAT_POLICIES}, got {get('remat')!r}")
   require(get("attention_backend") in BACKENDS, "dit.attention_backend",
           f"must be one of {BACKENDS}, got {get('attention_backend')!r}")
