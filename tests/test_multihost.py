@@ -17,7 +17,7 @@ from conftest import tiny_train_config
 
 import cli_runs
 from vidgen.parallel import make_mesh
-from vidgen.train.checkpoint import Checkpointer, abstract_like
+from vidgen.train.checkpoint import restore_trainer_state
 from vidgen.train.preemption import PREEMPTED_EXIT_CODE
 from vidgen.train.vae_trainer import VAETrainer
 
@@ -67,14 +67,11 @@ import json, jax, numpy as np
 from conftest import tiny_train_config
 from vidgen.parallel import make_mesh
 from vidgen.train import train_and_evaluate
-from vidgen.train.checkpoint import Checkpointer, abstract_like
+from vidgen.train.checkpoint import restore_trainer_state
 from vidgen.train.vae_trainer import VAETrainer
 config = tiny_train_config(**FIELDS, **{"mesh.data": 2, "mesh.fsdp": 4})
 trainer = VAETrainer(config, make_mesh(dict(config.mesh)), WORKDIR)
-abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
-checkpointer = Checkpointer(WORKDIR + "/checkpoints")
-state = checkpointer.restore_state_only(abstract, 2)  # saved with mesh data=8; verified against its fingerprint
-checkpointer.close()
+state = restore_trainer_state(trainer, WORKDIR, 2)  # saved with mesh data=8; verified against its fingerprint
 sharded = {}
 for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]:
   spec = tuple(x.sharding.spec)
@@ -112,12 +109,7 @@ def test_checkpoints_restore_into_other_meshes_and_process_counts(references, tm
 def _restore(workdir, step):
   config = tiny_train_config(**FIELDS)
   trainer = VAETrainer(config, make_mesh({"data": -1}), str(workdir))
-  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    return checkpointer.restore_state_only(abstract, step)
-  finally:
-    checkpointer.close()
+  return restore_trainer_state(trainer, str(workdir), step)
 
 
 def test_two_processes_train_like_one_and_stop_together_on_sigterm(references, tmp_path):

@@ -38,7 +38,7 @@ from vidgen.models.dit import Conditioning, DiTSpec, VideoDiT
 from vidgen.models.text import SmallTextEncoder, WordTokenizer, shapes_tokenizer, validate_small_text_config
 from vidgen.parallel import axis_rules, state_shardings
 from vidgen.scaling import forward_flops
-from vidgen.train.optim import make_optimizer, validate_optimizer_config
+from vidgen.train.optim import make_optimizer, optimizer_state_shardings, validate_optimizer_config
 from vidgen.train.vae_trainer import load_vae, replicate, vae_run_finished
 from vidgen.train.writers import log
 
@@ -208,8 +208,7 @@ class DiTTrainer:
   def state_shardings(self) -> DiTState:
     abstract = jax.eval_shape(self.init_state, jax.random.key(0))
     rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    opt = optax.tree_map_params(self.optimizer, lambda _, s: s, abstract.opt_state, self._param_shardings,
-                                transform_non_params=lambda _: rep)
+    opt = optimizer_state_shardings(self.optimizer, abstract.opt_state, self._param_shardings, self.mesh)
     return DiTState(step=rep, params=self._param_shardings, ema_params=self._param_shardings, opt_state=opt)
 
   def model_flops_per_step(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 import optax
 
@@ -46,3 +47,10 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
   parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip else []
   parts.append(optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay))
   return optax.chain(*parts)
+
+
+def optimizer_state_shardings(optimizer: optax.GradientTransformation, abstract_opt_state, param_shardings, mesh):
+  """Shardings of an optimizer state: moments mirror the parameters they belong to; counters are replicated."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt_state, param_shardings,
+                               transform_non_params=lambda _: replicated)

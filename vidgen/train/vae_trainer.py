@@ -27,7 +27,7 @@ from vidgen.models.discriminator import PatchDiscriminator3D
 from vidgen.models.vae import SpacetimeVAE, validate_vae_config
 from vidgen.parallel import axis_rules, make_mesh, state_shardings
 from vidgen.train.checkpoint import Checkpointer, restore_trainer_state
-from vidgen.train.optim import make_optimizer, validate_optimizer_config
+from vidgen.train.optim import make_optimizer, optimizer_state_shardings, validate_optimizer_config
 
 # A perceptual distance maps two frame batches [N, H, W, 3] in [-1, 1] to per-frame distances [N]. Pretrained
 # networks (LPIPS) cannot be downloaded here; register one with `register_perceptual_loss` and name it in
@@ -108,11 +108,9 @@ class VAETrainer:
   def state_shardings(self) -> VAEState:
     abstract = jax.eval_shape(self.init_state, jax.random.key(0))
     rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    # Optimizer moments mirror the parameters they belong to; counters and the like are replicated.
-    opt = optax.tree_map_params(self.optimizer, lambda _, s: s, abstract.opt_state, self._param_shardings,
-                                transform_non_params=lambda _: rep)
-    disc_opt = optax.tree_map_params(self.disc_optimizer, lambda _, s: s, abstract.disc_opt_state,
-                                     self._disc_shardings, transform_non_params=lambda _: rep)
+    opt = optimizer_state_shardings(self.optimizer, abstract.opt_state, self._param_shardings, self.mesh)
+    disc_opt = optimizer_state_shardings(self.disc_optimizer, abstract.disc_opt_state, self._disc_shardings,
+                                         self.mesh)
     return VAEState(step=rep, params=self._param_shardings, stats=self._stats_shardings, opt_state=opt,
                     disc_params=self._disc_shardings, disc_opt_state=disc_opt)
 
