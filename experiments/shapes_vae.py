@@ -24,8 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "vae"
   config.seed = 0
-  config.total_steps = 600
-  config.batch_size = 4
+  config.total_steps = 850
+  config.batch_size = 2
   config.log_every = 25
   config.checkpoint_every = 200
   config.sample_every = 200
@@ -36,12 +36,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sharding_rules = DEFAULT_RULES
 
   config.data = ml_collections.ConfigDict(dict(
-      name="shapes", num_frames=5, height=64, width=64, held_out=HELD_OUT, seed=0,
+      # 9-frame clips (3 latent frames): trained on 5 frames (2 latent frames) the decoder never sees a latent frame
+      # with two real predecessors and 17-frame eval clips fall to ~17 dB after frame 8; with 9 they stay level.
+      name="shapes", num_frames=9, height=64, width=64, held_out=HELD_OUT, seed=0,
       eval_frames=17, eval_clips=8, latent_stats_clips=32))
 
   config.vae = default_vae_config()
   config.vae.stem_patch = 4
   config.vae.channels = (32, 48, 64)
+  # Mean and std per channel of the shapes data in [-1, 1] (mostly black: -0.93 / 0.35). Without centring, the first
+  # conv's gradient is dominated by the constant background and training spikes and stalls: 200 image steps gave
+  # 21.7 dB without, 26.1 dB with.
+  config.vae.pixel_mean = (-0.926, -0.933, -0.942)
+  config.vae.pixel_std = (0.369, 0.352, 0.328)
   if args.channels16:
     config.vae.latent_channels = 16
 
@@ -53,10 +60,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(dict(
       # MSE only: with ~96% black pixels, L1's constant-size gradients from tiny background errors held a run at the
       # all-black solution (17-19.7 dB after 300-800 steps) where MSE alone reached 24.4 dB in 300 image steps.
+      # No GAN here: in a run this short it cost PSNR (train 22 -> 21.3 dB after 60 GAN steps) and 40% of the speed.
+      # The runlocal smoke run switches it on so the adversarial path stays exercised.
       l1_weight=0.0, l2_weight=1.0, kl_weight=1e-6, perceptual_weight=0.0, perceptual="",
-      gan_weight=0.1, gan_start=540, adaptive_weight_max=1e4))
+      gan_weight=0.0, gan_start=540, adaptive_weight_max=1e4))
 
-  config.optimizer = default_optimizer_config(lr=1e-3)
+  # 5e-4 rather than 1e-3: batches of two clips are noisy, and 450 steps reached 21.0 dB against 19.5 dB at 1e-3.
+  config.optimizer = default_optimizer_config(lr=5e-4)
   config.optimizer.warmup_steps = 20
   config.optimizer.final_lr_fraction = 0.05
 
@@ -69,5 +79,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.update(num_frames=5, height=32, width=32, eval_frames=5, eval_clips=2, latent_stats_clips=2)
     config.vae.channels = (8, 16, 16)
     config.discriminator.channels = (8, 16)
-    config.loss.gan_start = 2
+    config.loss.update(gan_weight=0.1, gan_start=2)
   return config

@@ -93,7 +93,7 @@ def test_dit_learns_and_resume_is_exact(t2v_run, tmp_path, monkeypatch):
 
   common = dict(vae_workdir=os.path.join(t2v_run, "vae"), total_steps=40, log_every=1, checkpoint_every=20,
                 sample_every=40, **{"data.cache_dir": os.path.join(t2v_run, "latents"), "eval.at_end": False,
-                                    "optimizer.warmup_steps": 5})
+                                    "optimizer.warmup_steps": 5, "optimizer.lr": 3e-3})
   full = str(tmp_path / "full")
   train_and_evaluate(t2v_config(**common), full)
   losses = [r["loss"] for r in read_metrics(full)]

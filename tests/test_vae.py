@@ -126,6 +126,21 @@ def test_latent_normalization_round_trip():
   np.testing.assert_allclose(vae.normalize(z)[..., 3], (z[..., 3] - 3.0) / vae.latent_scale[...][3], atol=1e-6)
 
 
+def test_pixel_normalization_is_an_affine_map_around_the_network():
+  """pixel_mean/pixel_std: the encoder sees the normalized video and the decoder output is mapped back, nothing else."""
+  mean, std = (-0.9, -0.8, -0.7), (0.4, 0.4, 0.5)
+  plain = _with_random_head(SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0)))
+  normed = _with_random_head(SpacetimeVAE(tiny_vae_config(pixel_mean=mean, pixel_std=std), rngs=nnx.Rngs(0)))
+  video = _video((2, 5, 16, 16, 3))
+  np.testing.assert_allclose(normed.encode(video).mean, plain.encode((video - jnp.asarray(mean)) / jnp.asarray(std)).mean,
+                             rtol=1e-5, atol=1e-5)
+  z = jax.random.normal(jax.random.key(1), (2, 2, 2, 2, 8))
+  np.testing.assert_allclose(normed.decode(z), plain.decode(z) * jnp.asarray(std) + jnp.asarray(mean), rtol=1e-5, atol=1e-5)
+  # The untrained decoder's output is the pixel mean (the zero-initialised head outputs 0 before the inverse map).
+  untrained = SpacetimeVAE(tiny_vae_config(pixel_mean=mean, pixel_std=std), rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(untrained.decode(z)[0, 0, 0, 0], mean, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape,dtype,match", [
     ((17, 64, 64, 3), jnp.float32, "rank 5"),
     ((1, 16, 64, 64, 3), jnp.float32, "T = 1 \\+ 4k"),
@@ -151,6 +166,8 @@ def test_bad_latents_and_chunks_raise(vae):
     ({"temporal_kernel": 1}, "vae.temporal_kernel"),
     ({"dtype": "float33"}, "vae.dtype"),
     ({"norm": "batch"}, "vae.norm"),
+    ({"pixel_mean": (0.0, 0.0)}, "vae.pixel_mean"),
+    ({"pixel_std": (1.0, 0.0, 1.0)}, "vae.pixel_std"),
 ])
 def test_bad_config_names_the_field(overrides, field):
   with pytest.raises((ConfigError, ValueError), match=field):

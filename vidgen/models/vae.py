@@ -26,6 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from vidgen.config import require
@@ -75,6 +76,10 @@ def default_vae_config() -> ml_collections.ConfigDict:
       temporal_downsample=4,
       temporal_kernel=3,
       norm="none",
+      # Pixel normalization: the encoder sees (video - pixel_mean) / pixel_std and the decoder's output is mapped back,
+      # so the network works on centred, unit-scale values even when the data are not (one value per channel).
+      pixel_mean=(0.0, 0.0, 0.0),
+      pixel_std=(1.0, 1.0, 1.0),
       init_logvar=-6.0,
       logvar_min=-30.0,
       logvar_max=20.0,
@@ -107,6 +112,11 @@ def validate_vae_config(config: ml_collections.ConfigDict) -> tuple[int, int]:
   require(config.temporal_kernel >= 2, "vae.temporal_kernel",
           f"must be >= 2 (strided temporal convs need kernel >= stride), got {config.temporal_kernel}")
   require(config.norm in NORMS, "vae.norm", f"must be one of {NORMS}, got {config.norm!r}")
+  for field in ("pixel_mean", "pixel_std"):
+    require(np.shape(config[field]) == (config.in_channels,), f"vae.{field}",
+            f"must be {config.in_channels} floats (one per channel, vae.in_channels), got {config[field]!r}")
+  require(bool(np.all(np.asarray(config.pixel_std, np.float64) > 0)), "vae.pixel_std",
+          f"must be > 0, got {config.pixel_std!r}")
   require(config.num_res_blocks >= 0, "vae.num_res_blocks", f"must be >= 0, got {config.num_res_blocks}")
   for field in ("dtype", "param_dtype"):
     try:
@@ -170,6 +180,7 @@ class Encoder(nnx.Module):
     kw, kernel, factors = _layer_setup(config, rngs)
     ch = tuple(config.channels)
     self.stem_patch = config.stem_patch
+    self.pixel_mean, self.pixel_std = _pixel_stats(config)
     self.conv_in = CausalConv3d(config.in_channels * config.stem_patch ** 2, ch[0], kernel, **kw)
     self.levels = nnx.List([
         nnx.List([ResBlock(ch[i], ch[i], kernel, norm=config.norm, **kw) for _ in range(config.num_res_blocks)])
@@ -186,6 +197,7 @@ class Encoder(nnx.Module):
     bias[...] = bias[...].at[config.latent_channels:].set(config.init_logvar)
 
   def __call__(self, x: jax.Array, states: _States) -> jax.Array:
+    x = (x - jnp.asarray(self.pixel_mean, x.dtype)) / jnp.asarray(self.pixel_std, x.dtype)
     h = states.conv(self.conv_in, space_to_depth(x, self.stem_patch))
     for i, blocks in enumerate(self.levels):
       for block in blocks:
@@ -197,16 +209,23 @@ class Encoder(nnx.Module):
     return states.conv(self.conv_out, jax.nn.silu(self.norm_out(h)))
 
 
+def _pixel_stats(config: ml_collections.ConfigDict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) of the pixel normalization, one float per channel (plain tuples: constants, not parameters)."""
+  return tuple(map(float, config.pixel_mean)), tuple(map(float, config.pixel_std))
+
+
 class OutputHead(nnx.Module):
-  """Decoder features [B, T, h, w, C0] -> video [B, T, H, W, 3]: norm, SiLU, causal conv, depth-to-space (stem).
+  """Decoder features [B, T, h, w, C0] -> video [B, T, H, W, 3]: norm, SiLU, causal conv, depth-to-space (stem), and
+  the inverse of the encoder's pixel normalization.
 
   A module of its own because VAE training needs the gradient of each loss with respect to this last layer (the GAN's
   adaptive weight).
   """
 
   def __init__(self, channels: int, out_channels: int, stem_patch: int, kernel, *, norm: str, dtype, param_dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, pixel_mean=(0.0,), pixel_std=(1.0,)):
     self.stem_patch = stem_patch
+    self.pixel_mean, self.pixel_std = tuple(pixel_mean), tuple(pixel_std)
     self.norm = make_norm(norm, channels, param_dtype=param_dtype, rngs=rngs)
     # Zero-initialised: the untrained decoder outputs mid-gray instead of large random values, which would cost the
     # first hundred steps of a short run.
@@ -215,7 +234,8 @@ class OutputHead(nnx.Module):
 
   def __call__(self, h: jax.Array, states: _States | None = None) -> jax.Array:
     states = _States(None) if states is None else states
-    return depth_to_space(states.conv(self.conv, jax.nn.silu(self.norm(h))), 1, self.stem_patch)
+    y = depth_to_space(states.conv(self.conv, jax.nn.silu(self.norm(h))), 1, self.stem_patch)
+    return y * jnp.asarray(self.pixel_std, y.dtype) + jnp.asarray(self.pixel_mean, y.dtype)
 
 
 class Decoder(nnx.Module):
@@ -231,7 +251,9 @@ class Decoder(nnx.Module):
     # Up-sampling from level i+1 to level i: a causal conv producing ft*fs*fs times the channels, then depth-to-space.
     self.ups = nnx.List([
         CausalConv3d(ch[i + 1], ch[i] * ft * fs * fs, kernel, **kw) for i, (ft, fs) in enumerate(self.factors)])
-    self.head = OutputHead(ch[0], config.in_channels, config.stem_patch, kernel, norm=config.norm, **kw)
+    pixel_mean, pixel_std = _pixel_stats(config)
+    self.head = OutputHead(ch[0], config.in_channels, config.stem_patch, kernel, norm=config.norm,
+                           pixel_mean=pixel_mean, pixel_std=pixel_std, **kw)
 
   def __call__(self, z: jax.Array, states: _States) -> jax.Array:
     return self.head(self.features(z, states), states)
