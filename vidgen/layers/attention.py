@@ -280,6 +280,28 @@ class RMSNorm(nnx.Module):
     return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
+
+def heads_projection(in_features: int, shape: tuple[int, ...], *, dtype, param_dtype, rngs: nnx.Rngs
+                     ) -> nnx.LinearGeneral:
+  """[..., in_features] -> [..., *shape] with shape (..., heads, head_dim), e.g. (3, heads, head_dim) for fused q/k/v;
+  Xavier-uniform kernel and zero bias, sharded over heads."""
+  extra = (None,) * (len(shape) - 2)
+  return nnx.LinearGeneral(
+      in_features, shape, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=logical(nnx.initializers.xavier_uniform(), "embed", *extra, "heads", "kv"),
+      bias_init=logical(nnx.initializers.zeros_init(), *extra, "heads", "kv"), rngs=rngs)
+
+
+def output_projection(num_heads: int, head_dim: int, width: int, *, zero_init: bool = False, dtype, param_dtype,
+                      rngs: nnx.Rngs) -> nnx.LinearGeneral:
+  """[..., heads, head_dim] -> [..., width]: the attention output projection (Xavier-uniform or zero kernel)."""
+  kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.xavier_uniform()
+  return nnx.LinearGeneral(
+      (num_heads, head_dim), width, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
+      kernel_init=logical(kernel_init, "heads", "kv", "embed"),
+      bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+
+
 class SelfAttention(nnx.Module):
   """Multi-head self-attention over a token grid: full, spatial (one frame) or spatiotemporal (local box) windows.
 
@@ -311,14 +333,9 @@ class SelfAttention(nnx.Module):
     self.window = None if window is None else tuple(int(w) for w in window)
     self.backend = backend
     self.dtype = dtype
-    self.qkv = nnx.LinearGeneral(
-        width, (3, num_heads, head_dim), dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.xavier_uniform(), "embed", None, "heads", "kv"),
-        bias_init=logical(nnx.initializers.zeros_init(), None, "heads", "kv"), rngs=rngs)
-    self.out = nnx.LinearGeneral(
-        (num_heads, head_dim), width, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.xavier_uniform(), "heads", "kv", "embed"),
-        bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.qkv = heads_projection(width, (3, num_heads, head_dim), **kw)
+    self.out = output_projection(num_heads, head_dim, width, **kw)
     self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
     self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
 
@@ -372,18 +389,11 @@ class CrossAttention(nnx.Module):
     context_dim = width if context_dim is None else context_dim
     self.backend = backend
     self.dtype = dtype
-    self.q = nnx.LinearGeneral(
-        width, (num_heads, head_dim), dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.xavier_uniform(), "embed", "heads", "kv"),
-        bias_init=logical(nnx.initializers.zeros_init(), "heads", "kv"), rngs=rngs)
-    self.kv = nnx.LinearGeneral(
-        context_dim, (2, num_heads, head_dim), dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.xavier_uniform(), "embed", None, "heads", "kv"),
-        bias_init=logical(nnx.initializers.zeros_init(), None, "heads", "kv"), rngs=rngs)
-    self.out = nnx.LinearGeneral(
-        (num_heads, head_dim), width, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.zeros_init(), "heads", "kv", "embed"),
-        bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q = heads_projection(width, (num_heads, head_dim), **kw)
+    self.kv = heads_projection(context_dim, (2, num_heads, head_dim), **kw)
+    # Zero-initialised: a new cross-attention layer adds nothing to the residual stream until it has learned to.
+    self.out = output_projection(num_heads, head_dim, width, zero_init=True, **kw)
     self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
     self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
 

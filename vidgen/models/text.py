@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidgen.layers.attention import full_attention
+from vidgen.layers.attention import full_attention, heads_projection, output_projection
 from vidgen.layers.mlp import Mlp
 from vidgen.parallel.sharding import constrain, logical
 
@@ -214,14 +214,8 @@ class _SmallBlock(nnx.Module):
     head_dim = width // num_heads
     self.dtype = dtype
     self.ln1 = _layer_norm_module(width, 1e-6, param_dtype, rngs)
-    self.qkv = nnx.LinearGeneral(
-        width, (3, num_heads, head_dim), dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.xavier_uniform(), "embed", None, "heads", "kv"),
-        bias_init=logical(nnx.initializers.zeros_init(), None, "heads", "kv"), rngs=rngs)
-    self.out = nnx.LinearGeneral(
-        (num_heads, head_dim), width, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(nnx.initializers.xavier_uniform(), "heads", "kv", "embed"),
-        bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+    self.qkv = heads_projection(width, (3, num_heads, head_dim), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.out = output_projection(num_heads, head_dim, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.ln2 = _layer_norm_module(width, 1e-6, param_dtype, rngs)
     self.mlp = Mlp(width, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
