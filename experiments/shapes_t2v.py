@@ -5,8 +5,9 @@
   vidgen sample --workdir workdirs/shapes_t2v --prompt "a red square moving down" --output red_square.mp4
   vidgen eval --workdir workdirs/shapes_t2v
 
-Stages: the VAE of experiments/shapes_vae.py is trained into WORKDIR/vae (or `--config.vae_workdir=DIR` reuses a
-finished one), `data.cache_clips` training clips are encoded into WORKDIR/latents, then a small W.A.L.T-style DiT
+Stages: the VAE of experiments/shapes_vae.py (its `for_dit` variant) is trained into WORKDIR/vae (or
+`--config.vae_workdir=DIR` reuses a finished one), `data.cache_clips` training clips are encoded into WORKDIR/latents,
+then a small W.A.L.T-style DiT
 (alternating spatial / spatiotemporal windows, cross-attention to a word-level text encoder trained with it) learns
 captions -> latents, jointly on videos and 1-frame images. The held-out combinations of shapes_vae.HELD_OUT never
 appear in training; the final eval measures how often generated clips get color, shape and direction all right.
@@ -35,7 +36,9 @@ SAMPLE_PROMPTS = ("a red circle moving right", "a green square moving up", "a bl
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, runlocal=False, **{"class": False})
-  vae_stage = load_config_file(os.path.join(_HERE, "shapes_vae.py"), "runlocal" if args.runlocal else None)
+  # `for_dit`: the VAE settings whose latents this small DiT models best (see shapes_vae.py for the measurements).
+  vae_stage = load_config_file(os.path.join(_HERE, "shapes_vae.py"),
+                               "for_dit,runlocal" if args.runlocal else "for_dit")
 
   config = ml_collections.ConfigDict()
   config.trainer = "dit"

@@ -118,3 +118,47 @@ def test_value_range_conversions():
   x = to_model_range(v)
   assert x.min() == -1.0 and x.max() == 1.0
   np.testing.assert_array_equal(to_uint8(x), v)
+
+
+def test_crops_are_windows_of_the_whole_clip_with_content_on_the_latent_grid():
+  whole = ShapesDataset(num_frames=5)
+  cropped = ShapesDataset(num_frames=5, crop_size=32, crop_grid=8)
+  offsets = set()
+  for i in range(40):
+    full, crop = whole[i], cropped[i]
+    assert crop.video.shape == (5, 32, 32, 3) and crop.caption == full.caption
+    # The crop is one of the grid-aligned windows of the very same clip, and it shows part of the shape.
+    matches = [(y, x) for y in range(0, 33, 8) for x in range(0, 33, 8)
+               if np.array_equal(full.video[:, y:y + 32, x:x + 32], crop.video)]
+    assert matches and crop.video.max() > 0, i
+    offsets.update(matches)
+    np.testing.assert_array_equal(cropped[i].video, crop.video)  # deterministic
+  assert len(offsets) > 5  # the window moves from clip to clip
+
+
+def test_content_crop_falls_back_to_any_window_and_rejects_bad_sizes():
+  from vidgen.data.crops import content_crop
+  blank = np.zeros((2, 16, 16, 3), np.uint8)
+  assert content_crop(blank, 8, grid=8, rng=np.random.default_rng(0)).shape == (2, 8, 8, 3)
+  with pytest.raises(ValueError, match=r"crop size must be in \[1, 16\]"):
+    content_crop(blank, 24, grid=8, rng=np.random.default_rng(0))
+  with pytest.raises(ValueError, match="crop size"):
+    ShapesDataset(height=32, width=32, crop_size=40)
+
+
+def test_interleaved_image_batches_follow_the_schedule_and_resume_exactly():
+  from vidgen.data.interleave import Interleave
+  make = lambda: Interleave(ShapesIterator(ShapesDataset(num_frames=5, height=16, width=16), global_batch=2),
+                            ShapesIterator(ShapesDataset(num_frames=1, height=16, width=16), global_batch=3), 3)
+  it = make()
+  shapes = [next(it)["video"].shape[:2] for _ in range(6)]
+  assert shapes == [(2, 5), (2, 5), (3, 1)] * 2
+  state = it.get_state()
+  expected = [next(it)["video"] for _ in range(4)]
+  resumed = make()
+  resumed.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)["video"], want)
+  assert state == {"next_batch": 6, "main": {"next_index": 8}, "other": {"next_index": 6}}
+  with pytest.raises(ValueError, match="every must be >= 2"):
+    Interleave(it.main, it.other, 1)

@@ -98,7 +98,9 @@ def test_checkpoint_restores_params_and_latent_stats(tmp_path):
   checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
   restored, data_state, step = checkpointer.restore(abstract)
   checkpointer.close()
-  assert step == 2 and data_state == {"next_index": 2 * config.batch_size}
+  # Two steps with image_every=2: one batch of clips, one of images.
+  assert step == 2 and data_state == {"next_batch": 2, "main": {"next_index": config.batch_size},
+                                      "other": {"next_index": config.data.image_batch_size}}
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
   # The latent statistics were measured at the end of training (not the initial 0 / 1).
@@ -109,6 +111,8 @@ def test_checkpoint_restores_params_and_latent_stats(tmp_path):
 @pytest.mark.parametrize("overrides,field", [
     ({"data.num_frames": 8}, "data.num_frames"),
     ({"data.height": 36}, "data.height"),
+    ({"data.crop_size": 12}, "data.crop_size"),
+    ({"data.crop_size": 40}, "data.crop_size"),
     ({"mesh.data": 4}, "mesh"),
     ({"batch_size": 0}, "batch_size"),
     ({"trainer": "gan"}, "trainer"),

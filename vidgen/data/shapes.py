@@ -22,6 +22,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from vidgen.data.crops import content_crop, crop_offsets
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
     "green": (0, 255, 0),
@@ -42,6 +44,7 @@ COLOR_NAMES = tuple(COLORS)
 DIRECTION_NAMES = tuple(DIRECTIONS)
 NUM_CLASSES = len(COLORS) * len(SHAPES) * len(DIRECTIONS)
 SPLITS = ("train", "validation", "held_out")
+_CROP_STREAM = 1  # appended to a clip's seed for the crop choice, keeping the clip's own random stream untouched
 
 
 def class_id(color: str, shape: str, direction: str) -> int:
@@ -120,7 +123,7 @@ class ShapesDataset:
 
   def __init__(self, *, split: str = "train", num_frames: int = 17, height: int = 64, width: int = 64,
                held_out: Sequence[str] = (), seed: int = 0, min_radius: float = 0.09, max_radius: float = 0.2,
-               max_speed: float = 0.05):
+               max_speed: float = 0.05, crop_size: int = 0, crop_grid: int = 8):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if num_frames < 1:
@@ -130,6 +133,8 @@ class ShapesDataset:
     if not 0 < min_radius <= max_radius < 0.5:
       raise ValueError(f"need 0 < min_radius <= max_radius < 0.5 (fractions of the frame), got {min_radius}, "
                        f"{max_radius}")
+    if crop_size:
+      crop_offsets(height, width, crop_size, crop_grid)  # raises on a size or grid that does not fit
     held = {parse_combination(c) for c in held_out}
     every = list(itertools.product(COLOR_NAMES, SHAPES, DIRECTION_NAMES))
     self.combinations = [c for c in every if (c in held) == (split == "held_out")]
@@ -138,6 +143,9 @@ class ShapesDataset:
     self.split, self.seed = split, seed
     self.num_frames, self.height, self.width = num_frames, height, width
     self.min_radius, self.max_radius, self.max_speed = min_radius, max_radius, max_speed
+    # crop_size > 0: each clip is rendered whole, then cut to a crop_size square window with content on a crop_grid
+    # lattice (vidgen.data.crops), drawn from a random stream of its own so the pixels match the uncropped clip's.
+    self.crop_size, self.crop_grid = crop_size, crop_grid
 
   def __getitem__(self, index: int) -> Clip:
     if index < 0:
@@ -160,6 +168,9 @@ class ShapesDataset:
     start = (rng.uniform(*ys), rng.uniform(*xs))
     video = render(color, shape, direction, num_frames=self.num_frames, height=self.height, width=self.width,
                    radius=radius, speed=speed, start=start)
+    if self.crop_size:
+      crop_rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index, _CROP_STREAM])
+      video = content_crop(video, self.crop_size, grid=self.crop_grid, rng=crop_rng)
     return Clip(video, caption(color, shape, direction), class_id(color, shape, direction), color, shape, direction)
 
   @staticmethod

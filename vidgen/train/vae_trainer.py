@@ -5,6 +5,11 @@ pixels, and the KL (a sum over latent elements) is divided by the number of pixe
 it means in those papers. The GAN term's weight adapts (taming-transformers' rule): ||grad_w rec|| / ||grad_w gan||
 at the decoder's last layer w, clipped, times `gan_weight`; both networks train only from `gan_start` on. The step is
 compiled in two variants (before / after `gan_start`) so the early phase does not pay for the discriminator.
+
+Training data can be cut to windows (`data.crop_size`: the network is fully convolutional, so crops that hold content
+give more distinct clips per step for the same pixels) and interleaved with batches of single frames
+(`data.image_every`, `data.image_batch_size`: images teach the spatial path much faster than clips). Evaluation and the
+latent statistics always use whole clips.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from flax import nnx
 from vidgen import io, metrics
 from vidgen.config import read_run_config, require
 from vidgen.data import ShapesDataset, ShapesIterator, to_model_range, to_uint8
+from vidgen.data.interleave import Interleave
 from vidgen.models.discriminator import PatchDiscriminator3D
 from vidgen.models.vae import SpacetimeVAE, validate_vae_config
 from vidgen.parallel import axis_rules, make_mesh, state_shardings
@@ -71,6 +77,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     require(data[field] % fs == 0, f"data.{field}", f"must be divisible by vae.spatial_downsample={fs}, "
                                                     f"got {data[field]}")
   require(data.eval_clips >= 1, "data.eval_clips", f"must be >= 1, got {data.eval_clips}")
+  require(data.image_every == 0 or data.image_every >= 2, "data.image_every",
+          f"must be 0 (clips only) or >= 2 (every image_every-th batch is images), got {data.image_every}")
+  require(data.image_batch_size >= 1, "data.image_batch_size", f"must be >= 1, got {data.image_batch_size}")
+  require(data.crop_size == 0 or (data.crop_size % fs == 0 and data.crop_size <= min(data.height, data.width)),
+          "data.crop_size", f"must be 0 (whole frames) or a multiple of vae.spatial_downsample={fs} no larger than "
+                            f"{data.height}x{data.width}, got {data.crop_size}")
 
 
 class VAETrainer:
@@ -119,14 +131,23 @@ class VAETrainer:
 
   # -- data --------------------------------------------------------------------------------------------------------
 
-  def dataset(self, split: str, num_frames: int) -> ShapesDataset:
+  def dataset(self, split: str, num_frames: int, crop_size: int = 0) -> ShapesDataset:
     d = self.config.data
     return ShapesDataset(split=split, num_frames=num_frames, height=d.height, width=d.width,
-                         held_out=tuple(d.held_out), seed=d.seed)
+                         held_out=tuple(d.held_out), seed=d.seed, crop_size=crop_size,
+                         crop_grid=self.config.vae.spatial_downsample)
 
-  def make_iterator(self, process_index: int, process_count: int) -> ShapesIterator:
-    return ShapesIterator(self.dataset("train", self.config.data.num_frames), global_batch=self.config.batch_size,
-                          process_index=process_index, process_count=process_count)
+  def make_iterator(self, process_index: int, process_count: int) -> ShapesIterator | Interleave:
+    """Training clips, cut to `data.crop_size` windows when set (evaluation always sees whole frames); with
+    `data.image_every` > 0, every image_every-th batch is `data.image_batch_size` 1-frame clips instead."""
+    d = self.config.data
+    shards = dict(process_index=process_index, process_count=process_count)
+    clips = ShapesIterator(self.dataset("train", d.num_frames, d.crop_size), global_batch=self.config.batch_size,
+                           **shards)
+    if not d.image_every:
+      return clips
+    images = ShapesIterator(self.dataset("train", 1, d.crop_size), global_batch=d.image_batch_size, **shards)
+    return Interleave(clips, images, d.image_every)
 
   @staticmethod
   def host_batch(batch: dict) -> dict[str, np.ndarray]:
