@@ -97,7 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 2
     config.sample_every = 4
     config.batch_size = 2
-    config.data.update(num_frames=5, height=32, width=32, crop_size=16, image_every=2, image_batch_size=2,
+    config.data.update(num_frames=5, height=32, width=32, crop_size=16, image_every=2, image_batch_size=8,
                        eval_frames=5, eval_clips=2, latent_stats_clips=2)
     config.vae.channels = (8, 16, 16)
     config.discriminator.channels = (8, 16)

@@ -147,7 +147,8 @@ from vidgen.data import ShapesDataset
 from vidgen.train import train_and_evaluate, vae_trainer
 config = tiny_train_config(total_steps=4, log_every=1, checkpoint_every=1, sample_every=100, keep_checkpoints=10,
                            skip_nonfinite_updates=True, peak_tflops_per_device=2.0,
-                           **{"loss.gan_start": 1000, "loss.perceptual_weight": 1.0, "loss.perceptual": "nan_at_3"})
+                           **{"loss.gan_start": 1000, "loss.perceptual_weight": 1.0, "loss.perceptual": "nan_at_3",
+                              "data.crop_size": 0, "data.image_every": 0})  # whole clips: the stream rebuilt below
 # The third batch (step 3) poisons the loss and the gradients; every other batch adds exactly zero.
 d = config.data
 data = ShapesDataset(split="train", num_frames=d.num_frames, height=d.height, width=d.width, held_out=tuple(d.held_out),

@@ -14,6 +14,7 @@ latent statistics always use whole clips.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable
 
@@ -87,6 +88,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 class VAETrainer:
   """Everything the generic loop needs to train a SpacetimeVAE: state, step, data, evaluation."""
+
+  @staticmethod
+  def validate_mesh(config: ml_collections.ConfigDict, mesh_shape: dict[str, int]) -> None:
+    """Image batches are split over the batch axes like clip batches (and fed by every process's share)."""
+    if config.data.image_every:
+      data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
+      parts = math.lcm(data_parallel, jax.process_count())
+      require(config.data.image_batch_size % parts == 0, "data.image_batch_size",
+              f"must be divisible by mesh data x fsdp = {data_parallel} and by the number of processes "
+              f"({jax.process_count()}), got {config.data.image_batch_size}")
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str):
     validate_config(config)
