@@ -7,10 +7,10 @@
 
 Stages: the VAE of experiments/shapes_vae.py (its `for_dit` variant) is trained into WORKDIR/vae (or
 `--config.vae_workdir=DIR` reuses a finished one), `data.cache_clips` training clips are encoded into WORKDIR/latents,
-then a small W.A.L.T-style DiT
-(alternating spatial / spatiotemporal windows, cross-attention to a word-level text encoder trained with it) learns
-captions -> latents, jointly on videos and 1-frame images. The held-out combinations of shapes_vae.HELD_OUT never
-appear in training; the final eval measures how often generated clips get color, shape and direction all right.
+then a small W.A.L.T-style DiT (alternating spatial / spatiotemporal windows, cross-attention to a word-level text
+encoder trained with it) learns captions -> latents, jointly on videos and 1-frame images. The held-out combinations
+of shapes_vae.HELD_OUT never appear in training; the final eval measures how often generated clips get color, shape
+and direction all right.
 
 Arguments (comma separated): `runlocal` (tiny and fast), `class` (class-conditional instead of captions).
 """
