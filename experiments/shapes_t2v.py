@@ -5,12 +5,11 @@
   vidgen sample --workdir workdirs/shapes_t2v --prompt "a red square moving down" --output red_square.mp4
   vidgen eval --workdir workdirs/shapes_t2v
 
-Stages: the VAE of experiments/shapes_vae.py is trained into WORKDIR/vae (or
-`--config.vae_workdir=DIR` reuses a finished one), `data.cache_clips` training clips are encoded into WORKDIR/latents,
-then a small W.A.L.T-style DiT (alternating spatial / spatiotemporal windows, cross-attention to a word-level text
-encoder trained with it) learns captions -> latents, jointly on videos and 1-frame images. The held-out combinations
-of shapes_vae.HELD_OUT never appear in training; the final eval measures how often generated clips get color, shape
-and direction all right.
+Stages: the VAE of experiments/shapes_vae.py is trained into WORKDIR/vae (or `--config.vae_workdir=DIR` reuses a
+finished one), `data.cache_clips` training clips are encoded into WORKDIR/latents, then a small W.A.L.T-style DiT
+(alternating spatial / spatiotemporal windows, cross-attention to a word-level text encoder trained with it) learns
+captions -> latents, jointly on videos and 1-frame images. The held-out combinations of shapes_vae.HELD_OUT never
+appear in training; the final eval measures how often generated clips get color, shape and direction all right.
 
 Arguments (comma separated): `runlocal` (tiny and fast), `class` (class-conditional instead of captions).
 """

@@ -58,17 +58,22 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int | None =
     require(isinstance(config[field], int) and config[field] >= 1, field,
             f"must be a positive integer, got {config[field]!r}")
   shape = resolve_mesh_shape(dict(config.mesh), jax.device_count() if num_devices is None else num_devices)
-  data_parallel = shape[0] * shape[1]
-  require(config.batch_size % data_parallel == 0, "batch_size",
-          f"must be divisible by mesh data x fsdp = {shape[0]} x {shape[1]} = {data_parallel}, got {config.batch_size}")
-  require(config.batch_size % jax.process_count() == 0, "batch_size",
-          f"must be divisible by the number of processes ({jax.process_count()}), got {config.batch_size}")
+  require_splittable_batch("batch_size", config.batch_size, dict(zip(MESH_AXES, shape)))
   skip = config.get("skip_nonfinite_updates", False)
   require(isinstance(skip, bool), "skip_nonfinite_updates", f"must be True or False, got {skip!r}")
   peak = config.get("peak_tflops_per_device", None)
   require(peak is None or (isinstance(peak, (int, float)) and peak > 0), "peak_tflops_per_device",
           f"must be a positive number (dense bf16 TFLOP/s of one device) or None (look it up), got {peak!r}")
   return shape
+
+
+def require_splittable_batch(field: str, size: int, mesh_shape: dict[str, int]) -> None:
+  """A global batch of `size` must split evenly over the mesh's batch axes (data x fsdp) and over the processes."""
+  data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
+  require(size % data_parallel == 0, field, f"must be divisible by mesh data x fsdp = {mesh_shape['data']} x "
+                                            f"{mesh_shape['fsdp']} = {data_parallel}, got {size}")
+  require(size % jax.process_count() == 0, field,
+          f"must be divisible by the number of processes ({jax.process_count()}), got {size}")
 
 
 def validate_parallelism(trainer_cls, config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:

@@ -14,7 +14,6 @@ latent statistics always use whole clips.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable
 
@@ -34,6 +33,7 @@ from vidgen.models.discriminator import PatchDiscriminator3D
 from vidgen.models.vae import SpacetimeVAE, validate_vae_config
 from vidgen.parallel import axis_rules, make_mesh, state_shardings
 from vidgen.train.checkpoint import Checkpointer, restore_trainer_state
+from vidgen.train.loop import require_splittable_batch
 from vidgen.train.optim import make_optimizer, optimizer_state_shardings, validate_optimizer_config
 
 # A perceptual distance maps two frame batches [N, H, W, 3] in [-1, 1] to per-frame distances [N]. Pretrained
@@ -93,11 +93,7 @@ class VAETrainer:
   def validate_mesh(config: ml_collections.ConfigDict, mesh_shape: dict[str, int]) -> None:
     """Image batches are split over the batch axes like clip batches (and fed by every process's share)."""
     if config.data.image_every:
-      data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
-      parts = math.lcm(data_parallel, jax.process_count())
-      require(config.data.image_batch_size % parts == 0, "data.image_batch_size",
-              f"must be divisible by mesh data x fsdp = {data_parallel} and by the number of processes "
-              f"({jax.process_count()}), got {config.data.image_batch_size}")
+      require_splittable_batch("data.image_batch_size", config.data.image_batch_size, mesh_shape)
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str):
     validate_config(config)
