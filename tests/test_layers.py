@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidgen.layers.conv import CausalConv3d, depth_to_space, space_to_depth
+from vidgen.layers.conv import CausalConv3d, conv3d_by_frames, depth_to_space, space_to_depth
 from vidgen.layers.norms import FrameGroupNorm
 
 
@@ -23,6 +23,32 @@ def test_causal_conv_chunked_equals_whole(kernel, stride):
     pieces.append(y)
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), whole, atol=1e-5)
   assert whole.shape[1] == 1 + 8 // stride[0]
+
+
+@pytest.mark.parametrize("kernel,strides,padding", [((3, 3, 3), (1, 1, 1), ((1, 1), (1, 1))),
+                                                    ((2, 3, 3), (2, 2, 2), ((0, 1), (1, 1))),
+                                                    ((4, 1, 1), (2, 1, 1), "VALID"), ((1, 3, 3), (1, 1, 1), "SAME")])
+def test_conv3d_by_frames_equals_xla_3d_conv(kernel, strides, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 7, 3))
+  w = jax.random.normal(jax.random.key(1), (*kernel, 3, 5))
+  # The 3D reference pads space only ("SAME" for a 3x3 kernel at stride 1 is one pixel each side).
+  spatial = {"VALID": [(0, 0), (0, 0)], "SAME": [(1, 1), (1, 1)]}.get(padding, padding)
+  reference = jax.lax.conv_general_dilated(x, w, strides, [(0, 0), *spatial],
+                                           dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+  np.testing.assert_allclose(conv3d_by_frames(x, w, strides, padding), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2)])
+def test_causal_conv_of_an_image_equals_a_still_video(stride):
+  conv = CausalConv3d(3, 4, (3, 3, 3), stride=stride, rngs=nnx.Rngs(0))
+  image = jax.random.normal(jax.random.key(1), (2, 1, 8, 8, 3))
+  still = jnp.repeat(image, 3, axis=1)  # what the causal padding feeds the first output frame
+  y, state = conv(image)
+  pad = (1, 1) if stride[1] == 1 else (0, 1)  # 'same' output size ceil(8 / s), the odd pixel on the far side
+  reference = jax.lax.conv_general_dilated(still, conv.kernel[...], (1, *stride[1:]), [(0, 0), pad, pad],
+                                           dimension_numbers=("NTHWC", "THWIO", "NTHWC")) + conv.bias[...]
+  np.testing.assert_allclose(y, reference, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(state, still[:, stride[0]:])
 
 
 def test_causal_conv_is_causal():

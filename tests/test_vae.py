@@ -72,7 +72,8 @@ def test_first_frame_is_encoded_alone(vae):
   video_latents = vae.encode(x).mean
   image_latents = vae.encode(x[:, :1]).mean
   assert image_latents.shape[1] == 1
-  np.testing.assert_allclose(image_latents[:, 0], video_latents[:, 0], atol=1e-6)
+  # Equal up to float summation order (an image's convolutions sum their temporal taps first).
+  np.testing.assert_allclose(image_latents[:, 0], video_latents[:, 0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(vae.decode(video_latents[:, :1])[:, 0], vae.decode(video_latents)[:, 0], atol=1e-5)
 
 

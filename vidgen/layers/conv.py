@@ -70,12 +70,39 @@ class CausalConv3d(nnx.Module):
       out = -(-size // s)
       total = max((out - 1) * s + k - size, 0)
       pads.append((total // 2, total - total // 2))
-    y = jax.lax.conv_general_dilated(
-        padded.astype(self.dtype), self.kernel[...].astype(self.dtype),
-        window_strides=(st, sh, sw), padding=[(0, 0), *pads],
-        dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+    kernel = self.kernel[...].astype(self.dtype)
+    if state is None and x.shape[1] == 1:
+      # An image: its window is kt copies of the one frame, so the temporal taps can be summed first (kt x less work).
+      y = conv3d_by_frames(x.astype(self.dtype), jnp.sum(kernel, axis=0, keepdims=True), (1, sh, sw), pads)
+    else:
+      y = conv3d_by_frames(padded.astype(self.dtype), kernel, (st, sh, sw), pads)
     y = y + self.bias[...].astype(self.dtype)
     return y, new_state
+
+
+def conv3d_by_frames(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                     spatial_padding: Sequence[tuple[int, int]] | str) -> jax.Array:
+  """A 3D convolution with no temporal padding, computed as one 2D convolution over frames.
+
+  x: [B, T, H, W, Cin] (already padded in time); kernel: [kt, kh, kw, Cin, Cout]; strides: (st, sh, sw);
+  spatial_padding: ((top, bottom), (left, right)) or "SAME" / "VALID". Returns [B, (T - kt) // st + 1, H', W', Cout].
+
+  Equal to `lax.conv_general_dilated` in 3D up to float summation order. The kt input frames of each output frame
+  are stacked on channels, so the work is a single 2D convolution with kt * Cin input channels: XLA's CPU backend
+  runs 2D convolutions far better than 3D ones (a VAE training step takes 0.55x the time, an image step 0.4x).
+  """
+  kt, kh, kw, cin, cout = kernel.shape
+  st = strides[0]
+  num_out = (x.shape[1] - kt) // st + 1
+  if num_out < 1:
+    raise ValueError(f"{x.shape[1]} frames are too few for a temporal kernel of {kt}")
+  span = st * (num_out - 1) + 1
+  taps = jnp.concatenate([x[:, i:i + span:st] for i in range(kt)], axis=-1) if kt > 1 else x[:, :span:st]
+  b, t = taps.shape[:2]
+  kernel_2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, cout)
+  y = jax.lax.conv_general_dilated(taps.reshape(b * t, *taps.shape[2:]), kernel_2d, tuple(strides[1:]),
+                                   spatial_padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y.reshape(b, t, *y.shape[1:])
 
 
 def space_to_depth(x: jax.Array, factor: int) -> jax.Array:

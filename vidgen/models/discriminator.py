@@ -15,7 +15,7 @@ import ml_collections
 from flax import nnx
 
 from vidgen.config import require
-from vidgen.layers.conv import space_to_depth
+from vidgen.layers.conv import conv3d_by_frames, space_to_depth
 from vidgen.parallel import logical
 
 
@@ -45,9 +45,14 @@ class PatchDiscriminator3D(nnx.Module):
   def __call__(self, video: jax.Array) -> jax.Array:
     h = video.astype(self.dtype)
     for kernel, bias in zip(self.kernels, self.biases):
-      h = jax.lax.conv_general_dilated(space_to_depth(h, 2), kernel[...].astype(self.dtype), (1, 1, 1), "SAME",
-                                       dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+      h = _same_conv(space_to_depth(h, 2), kernel[...].astype(self.dtype))
       h = jax.nn.leaky_relu(h + bias[...].astype(self.dtype), 0.2)
-    logits = jax.lax.conv_general_dilated(h, self.head[...].astype(self.dtype), (1, 1, 1), "SAME",
-                                          dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+    logits = _same_conv(h, self.head[...].astype(self.dtype))
     return logits[..., 0].astype(jnp.float32)
+
+
+def _same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 3x3x3 convolution with zero 'same' padding in time and space."""
+  pad = kernel.shape[0] // 2
+  x = jnp.pad(x, ((0, 0), (pad, kernel.shape[0] - 1 - pad), (0, 0), (0, 0), (0, 0)))
+  return conv3d_by_frames(x, kernel, (1, 1, 1), "SAME")
