@@ -87,3 +87,21 @@ def test_frame_group_norm_is_per_frame():
   y2 = norm(x.at[:, 2].multiply(3.0).at[:, 2, 0, 0].add(5.0))
   np.testing.assert_array_equal(y[:, :2], y2[:, :2])
   assert not np.allclose(y[:, 2], y2[:, 2])
+
+
+def test_patch_discriminator_equals_its_3d_convolution_definition():
+  from vidgen.models.discriminator import PatchDiscriminator3D, default_discriminator_config
+
+  config = default_discriminator_config()
+  config.channels = (4, 8)
+  disc = PatchDiscriminator3D(config, rngs=nnx.Rngs(0))
+  video = jax.random.normal(jax.random.key(0), (2, 5, 16, 16, 3))
+  conv = lambda h, w: jax.lax.conv_general_dilated(h, w, (1, 1, 1), "SAME",
+                                                   dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+  h = video
+  for kernel, bias in zip(disc.kernels, disc.biases):
+    h = jax.nn.leaky_relu(conv(space_to_depth(h, 2), kernel[...]) + bias[...], 0.2)
+  reference = conv(h, disc.head[...])[..., 0]
+  logits = disc(video)
+  assert logits.shape == (2, 5, 4, 4)
+  np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)

@@ -47,7 +47,21 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path, monkeypatch, capsys):
   printed = capsys.readouterr().out
   line = next(l for l in printed.splitlines() if "validation" in l)
   assert float(line.split("PSNR")[1].split("dB")[0]) == pytest.approx(records[-1]["eval_psnr"], abs=0.01)
-  assert "frames/s" in printed and "steps/s" in printed
+  assert "frames/s" in printed and "steps/s" in printed and "read back:" in printed
+
+
+def test_benchmark_shape_readings_count_per_true_shape():
+  from vidgen.benchmarks.vae import shape_readings
+  from vidgen.data import ShapesDataset
+
+  batch = ShapesDataset(split="validation", num_frames=9, height=64, width=64).batch(0, 12)
+  truth = shape_readings(batch["video"], batch["caption"])  # clean clips: every shape is read right
+  shapes = [c.split()[2] for c in batch["caption"]]
+  expected = "  ".join(f"{s} {shapes.count(s)}/{shapes.count(s)}" for s in sorted(set(shapes)))
+  assert truth == expected + "  all three 100%", truth
+  # Black frames have no shape to read: every clip counts as wrong.
+  blank = shape_readings(np.zeros_like(batch["video"]), batch["caption"])
+  assert blank == "  ".join(f"{s} 0/{shapes.count(s)}" for s in sorted(set(shapes))) + "  all three 0%"
 
 
 class _Crash(Exception):

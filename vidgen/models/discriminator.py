@@ -4,7 +4,8 @@ Each level halves height and width with a space-to-depth and mixes with a 3x3x3 
 logit per space-time patch, so the adversarial loss judges local texture and motion rather than whole clips. It need
 not be causal (it is never streamed) and has no BatchNorm (batch statistics would couple examples under data
 parallelism). Space-to-depth + stride-1 conv instead of a strided conv: same receptive-field growth, but XLA's CPU
-gradient of strided 3D convs is slow (a (3,4,4) stride-2 version took 0.96 s per fwd+bwd of 4x5x64x64 clips).
+gradient of strided 3D convs is slow (a (3,4,4) stride-2 version took 0.96 s per fwd+bwd of 4x5x64x64 clips), and
+for the same reason the convolutions run as 2D convolutions over stacked frames (`conv3d_by_frames`).
 """
 
 from __future__ import annotations
