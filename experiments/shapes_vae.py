@@ -5,10 +5,12 @@
 
 Arguments (comma separated): `runlocal` (tiny and fast), `channels16` (16 latent channels instead of 8).
 
-The default reaches 27.2 dB eval PSNR (8 clips x 17 frames; 27.0 dB on 64 clips) in 4m17s on a 2-core CPU. It is also
-the VAE stage of experiments/shapes_t2v.py. Its reconstructions keep circles and triangles (the prompt-following
-analyzer reads 90% and 96% of them right) but not squares: motion along the clip smears a moving square's leading and
-trailing edges and rounds its corners, so only 1 in 38 still reads as a square. That is the open problem of this VAE.
+The default reaches 27.2 dB eval PSNR (8 clips x 17 frames; 26.8 dB on 96 clips) in 4m14s-4m27s on a 2-core CPU
+(AMD EPYC; 7-10 steps/s). It is also the VAE stage of experiments/shapes_t2v.py. Its reconstructions keep circles and
+triangles (the prompt-following analyzer reads 29/31 and 28/28 of them right) but not squares: motion along the clip
+smears a moving square's edges and rounds its corners, so only 1 of 37 still reads as a square. Training longer is
+what fixes it: `--config.total_steps=3400` (9 minutes) reaches 29.3 dB (29.0 dB on 96 clips) and 19 of 37 squares.
+`python -m vidgen.benchmarks.vae --workdir DIR --clips 96` prints these numbers for a finished run.
 """
 
 import ml_collections
