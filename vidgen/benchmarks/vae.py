@@ -2,10 +2,10 @@
 
   python -m vidgen.benchmarks.vae --workdir workdirs/shapes_vae [--clips 32]
 
-Prints PSNR / SSIM on unseen clips of seen combinations (validation split) and of held-out combinations, how often the
-prompt-following analyzer reads each shape (and all three attributes) right on the reconstructions (the ceiling for any
-generator that decodes through this VAE), encode and decode throughput (frames/s, after compilation) at the evaluation length, the training curve from metrics.jsonl
-(loss, train-batch PSNR, eval PSNR) and the training steps/s.
+Prints PSNR / SSIM on unseen clips of seen combinations (validation split) and of held-out combinations; how often the
+prompt-following analyzer reads each shape (and all three attributes) right on the reconstructions, the ceiling for
+any generator that decodes through this VAE; encode and decode throughput (frames/s, after compilation) at the
+evaluation length; the training curve from metrics.jsonl (loss, train-batch PSNR, eval PSNR) and the training steps/s.
 """
 
 from __future__ import annotations
