@@ -38,13 +38,14 @@ STEADY = flags(STEADY_FIELDS)
 # persistent compilation cache shared by all of them halves the time of a repeated run. Keyed by the program, the
 # flags and the JAX version, so stale entries are never used.
 CACHE_DIR = os.environ.get("VIDGEN_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "vidgen-tests-jax-cache"))
+XLA_FAST_COMPILE = "--xla_backend_optimization_level=0"
 CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": CACHE_DIR, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def env(devices: int = 1) -> dict:
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {XLA_FAST_COMPILE}",
               **CACHE_ENV)
 
 

@@ -7,11 +7,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # model on CPU, and one persistent compilation cache shared by the pytest workers and every process they start (CLI
 # runs, the notebook's kernel) compiles each repeated program, such as the same train step in many runs, once. Set in
 # the environment, before JAX is imported, so that those processes inherit it; cli_runs passes the same settings.
+import cli_runs  # noqa: E402  (standard library only: JAX is not imported yet)
+
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-
-import cli_runs  # noqa: E402
-
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {cli_runs.XLA_FAST_COMPILE}".strip()
 for _name, _value in cli_runs.CACHE_ENV.items():
   os.environ.setdefault(_name, _value)
 
