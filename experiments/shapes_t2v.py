@@ -74,6 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       adaln_lora_rank=0, pos_embedding="learned", pooled_text=not args["class"],
       num_classes=NUM_CLASSES if args["class"] else 0,
       text_dim=0 if args["class"] else config.text.width)
+  # Two super-blocks, unrolled rather than scanned (same weights and results; no per-iteration parameter slicing or
+  # stacking of saved activations): the training step ran 14% faster on a 2-core CPU and compiled no slower. Deep
+  # models keep the scan, whose compile time does not grow with depth.
+  config.dit.scan_layers = False
 
   config.diffusion = ml_collections.ConfigDict(dict(
       schedule="cosine", shift=0.0, zero_terminal_snr=True, weighting="v_mse", min_snr_gamma=5.0,

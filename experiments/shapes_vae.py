@@ -6,10 +6,13 @@
 Arguments (comma separated): `runlocal` (tiny and fast), `channels16` (16 latent channels instead of 8).
 
 The default reaches 27.2 dB eval PSNR (8 clips x 17 frames; 26.8 dB on 96 clips) in 4m14s-4m27s on a 2-core CPU
-(AMD EPYC; 7-10 steps/s). It is also the VAE stage of experiments/shapes_t2v.py. Its reconstructions keep circles and
-triangles (the prompt-following analyzer reads 29/31 and 28/28 of them right) but not squares: motion along the clip
-smears a moving square's edges and rounds its corners, so only 1 of 37 still reads as a square. Training longer is
-what fixes it: `--config.total_steps=3400` (9 minutes) reaches 29.3 dB (29.0 dB on 96 clips) and 19 of 37 squares.
+(AMD EPYC; 7-10 steps/s; a 2-core EPYC VM with AVX2 but no AVX-512 runs it at about 3 steps/s). It is also the VAE
+stage of experiments/shapes_t2v.py. Its reconstructions keep circles and triangles (the prompt-following analyzer
+reads 29/31 and 28/28 of them right) but not squares: it rounds their corners, in the first frame (encoded alone) as
+much as in the moving ones, to a fill ratio of 0.81-0.91 (a rendered square has 1.0, a circle 0.79; the analyzer's
+cut is 0.905), so only 1 of 37 still reads as a square. Training longer is what fixes it: `--config.total_steps=3400`
+(9 minutes) reaches 29.3 dB (29.0 dB on 96 clips) and 19 of 37 squares; 16 latent channels (`channels16`) or a GAN
+term from step 900 did not help at 1700 steps (27.2 and 27.0 dB, 1-2 of 20 squares).
 `python -m vidgen.benchmarks.vae --workdir DIR --clips 96` prints these numbers for a finished run.
 """
 

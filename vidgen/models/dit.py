@@ -93,7 +93,7 @@ def _base_config() -> ml_collections.ConfigDict:
   c.dtype = "auto"                    # Compute dtype; "auto" = bfloat16 on TPU / GPU, float32 on CPU.
   c.param_dtype = "float32"
   c.remat = "none"                    # REMAT_POLICIES.
-  c.scan_layers = True                # False unrolls depth (same weights); for debugging and tests.
+  c.scan_layers = True                # False unrolls depth (same weights): debugging, and shallow models on CPU.
   c.attention_backend = "auto"        # BACKENDS.
   return c
 
