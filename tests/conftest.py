@@ -56,3 +56,15 @@ def experiment_config(name: str, arg: str | None = None, **overrides) -> ml_coll
 def tiny_train_config(**overrides) -> ml_collections.ConfigDict:
   """experiments/shapes_vae.py:runlocal (a VAE train run of a few seconds), with dotted-key overrides."""
   return experiment_config("shapes_vae", "runlocal", **overrides)
+
+
+# The files that train models take minutes each on a 2-core CPU. With `--dist loadfile` (pytest.ini) every file is one
+# unit of work, handed out in collection order; starting the long ones first keeps a worker from running one of them
+# alone at the end while the other sits idle.
+_LONG_FILES = ("test_train_dit.py", "test_multihost.py", "test_reliability.py", "test_notebooks.py",
+               "test_train_vae.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
