@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_vae_config
+from conftest import experiment_config, tiny_vae_config
 from flax import nnx
 
 from vidgen.config import ConfigError
@@ -47,6 +47,29 @@ def test_shapes_round_trip(overrides, video_shape, latent_shape):
   post = vae.encode(_video(video_shape))
   assert post.mean.shape == latent_shape == vae.latent_shape(video_shape)
   assert vae.decode(post.sample(jax.random.key(0))).shape == video_shape
+
+
+@pytest.mark.parametrize("name,arg,vae_key", [
+    ("shapes_vae", None, "vae"),
+    ("shapes_t2v", None, "vae_stage.vae"), ("shapes_t2v", "runlocal", "vae_stage.vae")])
+def test_experiment_vaes_encode_to_what_their_users_expect(name, arg, vae_key):
+  """The shipped configs' encoders, traced (not just their factors): shapes_vae's default gives the issue's 8x8x8
+  latents of a 17x64x64 clip, and each text-to-video DiT's grid and channels equal its VAE stage's latents."""
+  config = experiment_config(name, arg)
+  vae_config = config
+  for key in vae_key.split("."):
+    vae_config = vae_config[key]
+  vae = SpacetimeVAE(vae_config, rngs=nnx.Rngs(0))
+  data = config.data
+  frames, size = (17, 64) if name == "shapes_vae" else (data.num_frames, data.height)
+  latent = jax.eval_shape(lambda x: vae.encode(x).mean, jax.ShapeDtypeStruct((1, frames, size, size, 3), jnp.float32))
+  image = jax.eval_shape(lambda x: vae.encode(x).mean, jax.ShapeDtypeStruct((1, 1, size, size, 3), jnp.float32))
+  if name == "shapes_vae":
+    assert latent.shape == (1, 5, 8, 8, 8) and image.shape == (1, 1, 8, 8, 8)
+  else:
+    assert latent.shape[1:] == (*config.dit.input_size, config.dit.in_channels)
+    # One DiT token covers 8x8 pixels whatever the VAE's spatial factor.
+    assert all(p * vae_config.spatial_downsample == 8 for p in config.dit.patch_size[1:])
 
 
 def test_causal_in_time_exactly(vae):
