@@ -12,6 +12,7 @@ import pytest
 
 from vidgen.benchmarks import attention as attention_bench
 from vidgen.benchmarks import dit as dit_bench
+from vidgen.config import ConfigError
 from vidgen.scaling import forward_flops, param_count
 
 TINY_ATTENTION = dict(size=8, width=32, depth=2, heads=2, window=(2, 4, 4))
@@ -70,8 +71,8 @@ def test_windowed_linear_full_quadratic_in_analytic_flops(frames):
 def test_dit_benchmark_walt_with_text_is_consistent():
   overrides = dict(depth=2, width=32, num_heads=2, window=(2, 4, 4))
   latent = (2, 8, 8, 8)
-  row = dit_bench.run("WALT-L", latent, batch=2, dtype="float32", steps=1, peak_tflops=1.0, num_classes=10,
-                      text_len=3, text_dim=16, overrides=overrides)
+  (row,) = dit_bench.run("WALT-L", latent, batch=2, dtype="float32", steps=1, peak_tflops=1.0, num_classes=10,
+                         text_len=3, text_dim=16, overrides=overrides)
   config = dit_bench.model_config("WALT-L", latent, dtype="float32", num_classes=10, text_len=3, text_dim=16,
                                   overrides=overrides)
   assert row.forward_flops == forward_flops(config, latent, text_len=3)
@@ -97,6 +98,35 @@ def test_dit_benchmark_cli_small_variant():
   if dit_bench.peak_tflops_for(row.device) is None:  # CPU: MFU is n/a unless a peak is given.
     assert row.peak_tflops is None and row.mfu is None
     assert "| n/a | n/a |" in dit_bench.format_table(rows)
+
+
+def test_vary_adds_rows_timed_round_robin(monkeypatch):
+  rows = dit_bench.main(["--variant", "mu/8", "--latent", "1x16x16x4", "--batch", "2", "--steps", "2",
+                         "--dtype", "float32", "--num_classes", "0", "--vary", "width=32,num_heads=2",
+                         "--vary", "qk_norm=True"])
+  assert [r.variant for r in rows] == ["mu/8", "mu/8 width=32 num_heads=2", "mu/8 qk_norm=True"]
+  for r, change in zip(rows, ({}, dict(width=32, num_heads=2), dict(qk_norm=True))):
+    config = dit_bench.model_config("mu/8", (1, 16, 16, 4), dtype="float32", overrides=change)
+    assert r.num_params == param_count(config) and r.forward_flops == forward_flops(config, (1, 16, 16, 4))
+  assert rows[1].num_params < rows[0].num_params < rows[2].num_params  # the last adds qk-norm scales
+  # One warm-up call of each row, then the rows take turns: one call of each per round.
+  calls = []
+  original = dit_bench.TrainStep.__call__
+  monkeypatch.setattr(dit_bench.TrainStep, "__call__", lambda self: calls.append(self.spec.width) or original(self))
+  dit_bench.run("mu/8", (1, 16, 16, 4), batch=1, dtype="float32", steps=2, num_classes=0,
+                vary=[dict(width=32, num_heads=2)])
+  assert calls == [64, 32, 64, 32, 64, 32]
+
+
+def test_vary_values_are_literals_and_typos_are_refused():
+  assert dit_bench.parse_vary("qk_norm=False,window=(5, 8, 8), attention_pattern=('spatial',)") == dict(
+      qk_norm=False, window=(5, 8, 8), attention_pattern=("spatial",))
+  assert dit_bench.parse_vary("attention_backend=xla") == dict(attention_backend="xla")
+  with pytest.raises(ValueError, match="FIELD=VALUE"):
+    dit_bench.parse_vary("qk_norm")
+  with pytest.raises(ConfigError, match="config.dit.qk_nrom"):
+    dit_bench.run("mu/8", (1, 16, 16, 4), batch=1, dtype="float32", steps=1, num_classes=0,
+                  vary=[dict(qk_nrom=False)])
 
 
 def test_presets_and_flags():

@@ -10,10 +10,17 @@ Add `--remat dots` (or `full`) when a batch does not fit. On CPU, a smoke run in
 
   python -m vidgen.benchmarks.dit --variant S/8 --batch 2 --steps 2 --dtype float32
 
+A/B comparisons: each `--vary FIELD=VALUE[,FIELD=VALUE]` adds a row with those `dit_config` fields changed (values as
+Python literals: `qk_norm=False`, `window=(5,8,8)`), and all rows' steps are timed round-robin, one step of each per
+round, so a drift in the machine's speed (common on shared VMs, where sequential medians can differ by 40%) hits
+every row alike:
+
+  python -m vidgen.benchmarks.dit --variant S/2 --latent 5x16x16x8 --steps 12 --vary qk_norm=True --vary num_heads=3
+
 What is timed: one training step = v-prediction loss (W.A.L.T's zero-terminal-SNR linear-beta schedule, t ~ U[0, 1))
 forward + backward + AdamW update with global-norm clipping (as `vidgen.train.optim`'s defaults), jitted once with the
 state donated, on random latents of the given shape that stay on the device. The first call after compilation is a
-warm-up; the step time is the median over `--steps` further calls, each waited for.
+warm-up; the step time is the median over `--steps` further calls (rounds, with `--vary`), each waited for.
 
 Conventions:
   * Model FLOPs per step = 3 x `vidgen.scaling.forward_flops` x batch: matmuls only, 2 FLOPs per multiply-add, the
@@ -33,7 +40,9 @@ splash on TPU, XLA elsewhere). The benchmark runs on one device (`jax.devices()[
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import re
 import statistics
 import time
 from typing import Any, Mapping, Sequence
@@ -239,10 +248,27 @@ def model_config(variant: str, latent: Sequence[int], *, dtype: str = "bfloat16"
   return dit_config(variant, **fields)
 
 
+def time_round_robin(steps: Sequence[TrainStep], rounds: int, warmup: int = 1) -> list[list[float]]:
+  """Wall seconds of `rounds` calls of each step, interleaved (one call of every step per round) after `warmup`
+  untimed calls of each; result[i] holds step i's times."""
+  if rounds < 1:
+    raise ValueError(f"rounds must be >= 1, got {rounds}")
+  for step in steps:
+    for _ in range(warmup):
+      step()
+  times: list[list[float]] = [[] for _ in steps]
+  for _ in range(rounds):
+    for i, step in enumerate(steps):
+      times[i].append(step())
+  return times
+
+
 def run(variant: str = "XL/2", latent: Sequence[int] = (1, 32, 32, 4), *, batch: int = 32, dtype: str = "bfloat16",
         steps: int = 10, peak_tflops: float | None = None, remat: str = "none", num_classes: int = 1000,
-        text_len: int = 0, text_dim: int = 4096, seed: int = 0, overrides: Mapping[str, Any] | None = None) -> DiTRow:
-  """Builds, compiles and times the training step; returns the measured row.
+        text_len: int = 0, text_dim: int = 4096, seed: int = 0, overrides: Mapping[str, Any] | None = None,
+        vary: Sequence[Mapping[str, Any]] = ()) -> list[DiTRow]:
+  """Builds, compiles and times the training step; returns the measured rows: the config itself, then one row per
+  `vary` entry (the same config with those fields changed), all timed round-robin.
 
   Args:
     variant: VideoDiT size string ("XL/2", "S/8", "WALT-L", ...).
@@ -257,28 +283,51 @@ def run(variant: str = "XL/2", latent: Sequence[int] = (1, 32, 32, 4), *, batch:
     text_dim: width of the caption tokens (4096 = T5-XXL, as in W.A.L.T).
     seed: RNG seed of the parameters and the random batch.
     overrides: further `dit_config` fields (the tests use them to shrink a preset).
+    vary: field changes, one extra row each (e.g. `[{"qk_norm": False}]`).
   """
-  config = model_config(variant, latent, dtype=dtype, remat=remat, num_classes=num_classes, text_len=text_len,
-                        text_dim=text_dim, overrides=overrides)
-  step = TrainStep(config, latent, batch, text_len=text_len, seed=seed)
-  times = step.time(steps)
+  changes = [{}, *vary]
+  train_steps = [
+      TrainStep(model_config(variant, latent, dtype=dtype, remat=remat, num_classes=num_classes, text_len=text_len,
+                             text_dim=text_dim, overrides={**(overrides or {}), **change}),
+                latent, batch, text_len=text_len, seed=seed)
+      for change in changes]
+  times = time_round_robin(train_steps, steps)
   device = jax.devices()[0]
-  seconds = statistics.median(times)
-  fwd = step.forward_flops()
-  step_flops = 3 * fwd * batch
-  achieved = step_flops / seconds / 1e12
   peak = peak_tflops if peak_tflops is not None else peak_tflops_for(device.device_kind)
-  memory = step.memory["total"] if step.memory else None
-  row = DiTRow(
-      variant=variant, latent=tuple(int(s) for s in latent), batch=batch, dtype=dtype, remat=remat, text_len=text_len,
-      num_params=step.num_params, tokens=int(np.prod(step.spec.token_grid)), device=device.device_kind,
-      backend=jax.default_backend(), compile_s=step.compile_seconds, step_s=seconds, steps_per_s=1.0 / seconds,
-      examples_per_s=batch / seconds, forward_flops=fwd, step_flops=step_flops, achieved_tflops=achieved,
-      peak_tflops=peak, mfu=achieved / peak if peak else None, memory_compiled=memory,
-      memory_runtime=runtime_peak_bytes(device), loss=step.loss)
-  if not np.isfinite(row.loss):
-    raise FloatingPointError(f"the benchmarked training step produced a non-finite loss {row.loss}")
-  return row
+  rows = []
+  for change, step, step_times in zip(changes, train_steps, times):
+    seconds = statistics.median(step_times)
+    fwd = step.forward_flops()
+    step_flops = 3 * fwd * batch
+    achieved = step_flops / seconds / 1e12
+    label = variant + "".join(f" {key}={value!r}" for key, value in change.items())
+    row = DiTRow(
+        variant=label, latent=tuple(int(s) for s in latent), batch=batch, dtype=dtype, remat=remat,
+        text_len=text_len, num_params=step.num_params, tokens=int(np.prod(step.spec.token_grid)),
+        device=device.device_kind, backend=jax.default_backend(), compile_s=step.compile_seconds, step_s=seconds,
+        steps_per_s=1.0 / seconds, examples_per_s=batch / seconds, forward_flops=fwd, step_flops=step_flops,
+        achieved_tflops=achieved, peak_tflops=peak, mfu=achieved / peak if peak else None,
+        memory_compiled=step.memory["total"] if step.memory else None, memory_runtime=runtime_peak_bytes(device),
+        loss=step.loss)
+    if not np.isfinite(row.loss):
+      raise FloatingPointError(f"the benchmarked training step of {label} produced a non-finite loss {row.loss}")
+    rows.append(row)
+  return rows
+
+
+def parse_vary(text: str) -> dict[str, Any]:
+  """"qk_norm=False,num_heads=1" -> {"qk_norm": False, "num_heads": 1}; values are Python literals, or strings."""
+  change: dict[str, Any] = {}
+  # Split on the commas that start a new FIELD=, not on those inside a tuple value such as window=(5,8,8).
+  for item in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", text):
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip().isidentifier():
+      raise ValueError(f"--vary takes FIELD=VALUE[,FIELD=VALUE...], e.g. qk_norm=False; got {text!r}")
+    try:
+      change[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      change[key.strip()] = value.strip()
+  return change
 
 
 def _gib(n: int | None) -> str:
@@ -322,6 +371,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="chip peak for MFU in TFLOP/s; 'auto' looks it up from the device kind")
   parser.add_argument("--remat", choices=REMAT_POLICIES, default="none")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--vary", type=parse_vary, action="append", default=[], metavar="FIELD=VALUE[,...]",
+                      help="add a row with these dit_config fields changed (repeatable); rows are timed round-robin")
   args = parser.parse_args(argv)
   preset = PRESETS[args.preset]
   for name in ("variant", "latent", "num_classes"):
@@ -339,15 +390,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[DiTRow]:
   args = parse_args(argv)
-  row = run(args.variant, args.latent, batch=args.batch, dtype=args.dtype, steps=args.steps,
-            peak_tflops=args.peak_tflops, remat=args.remat, num_classes=args.num_classes, text_len=args.text_len,
-            text_dim=args.text_dim, seed=args.seed)
-  print(f"device: {row.device} ({row.backend}); training step = v-loss forward + backward + AdamW, state donated; "
-        f"median of {args.steps} steps after 1 warm-up")
+  rows = run(args.variant, args.latent, batch=args.batch, dtype=args.dtype, steps=args.steps,
+             peak_tflops=args.peak_tflops, remat=args.remat, num_classes=args.num_classes, text_len=args.text_len,
+             text_dim=args.text_dim, seed=args.seed, vary=args.vary)
+  order = "rows interleaved, " if len(rows) > 1 else ""
+  print(f"device: {rows[0].device} ({rows[0].backend}); training step = v-loss forward + backward + AdamW, state "
+        f"donated; median of {args.steps} steps after 1 warm-up ({order}each waited for)")
   print("FLOPs: model FLOPs = 3 x analytic forward (matmuls, 2 per MAC) x batch; MFU against the dense bf16 peak; "
         "memory compiled = argument + output + temp - alias (XLA), runtime = allocator peak (where reported)")
-  print(format_table([row]))
-  return [row]
+  print(format_table(rows))
+  return rows
 
 
 if __name__ == "__main__":
