@@ -48,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A 4x-space VAE stage keeps squares (30.1 dB; `vae.spatial_downsample=4`, 4 or 8 latent channels) but this DiT,
   # on the same 5x8x8 token grid (2x2-latent patches), then draws fragmented blobs that do not move: 7-11% all three,
   # direction at chance (25-30%), color still 100%. The grid and patch below follow the VAE stage's factors.
+  # Self-conditioning (`--config.dit.self_condition=True`, p = 0.5) on a 3800-step VAE (29.8 dB): 42.9% seen / 53.6%
+  # held-out against 48.2% / 46.4% without, squares 0/36 either way, 1.3x the step time: not the default.
   config.total_steps = 2000
   config.batch_size = 32
   config.grad_accum_steps = 1      # split each batch into this many micro-batches (same result, less memory)
@@ -85,7 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.diffusion = ml_collections.ConfigDict(dict(
       schedule="cosine", shift=0.0, zero_terminal_snr=True, weighting="v_mse", min_snr_gamma=5.0,
-      guidance_dropout=0.1))
+      guidance_dropout=0.1,
+      self_condition_prob=0.5))    # used when dit.self_condition is on
   config.ema_decay = 0.995
   config.optimizer = default_optimizer_config(lr=1e-3)
   config.optimizer.warmup_steps = 100

@@ -129,3 +129,27 @@ def test_v_loss_validation():
     diffusion.v_loss(_oracle(x), x, jax.random.key(0), SCHEDULE, weighting="snr")
   with pytest.raises(ValueError, match="t must have shape"):
     diffusion.v_loss(_oracle(x), x, jax.random.key(0), SCHEDULE, t=jnp.zeros((3,)))
+
+
+def test_self_conditioned_feeds_the_stopped_first_estimate():
+  """Training-time self-conditioning: the second pass sees the first pass's x-prediction where `use` is True and
+  zeros elsewhere, and no gradient flows through the first pass."""
+  x, _, _, t, alpha, sigma = _draws(3)
+  z = x  # any z_t
+  use = jnp.array([True, False, True, False])
+
+  def model(w, u):
+    return lambda z_t, t_, x_prev: w * z_t + u * x_prev
+
+  def expected(w, u):
+    first = w * z
+    estimate = diffusion.x_from_v(z, first, alpha, sigma)
+    return w * z + u * jnp.where(use[:, None, None, None], estimate, 0.0)
+
+  out = diffusion.self_conditioned(model(0.3, 0.7), SCHEDULE, use)(z, t)
+  np.testing.assert_allclose(out, expected(0.3, 0.7), rtol=1e-6, atol=1e-6)
+  # d(sum out)/dw is sum(z) from the second pass alone; d/du is the sum of the (constant) estimates.
+  grad_w, grad_u = jax.grad(lambda w, u: jnp.sum(diffusion.self_conditioned(model(w, u), SCHEDULE, use)(z, t)),
+                            argnums=(0, 1))(0.3, 0.7)
+  np.testing.assert_allclose(grad_w, jnp.sum(z), rtol=1e-5)
+  np.testing.assert_allclose(grad_u, jnp.sum(expected(0.3, 1.0) - expected(0.3, 0.0)), rtol=1e-5)

@@ -127,6 +127,29 @@ def test_jit_matches_eager_and_trajectory():
   np.testing.assert_allclose(jitted, eager, atol=1e-6)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_self_condition_feeds_the_previous_estimate(sampler):
+  """With self_condition=True the denoiser gets the previous step's x-prediction (zeros first): a denoiser that
+  depends on it must produce x_hat_i = alpha_i z_i - sigma_i v(z_i, x_hat_{i-1}) along the whole trajectory."""
+
+  def denoise_fn(z, t, x_prev):
+    return 0.5 * x_prev - 0.1 * z + 0.01 * t[:, None, None]
+
+  out, traj = diffusion.sample(denoise_fn, NOISE, schedule=ZSNR, sampler=sampler, num_steps=5, self_condition=True,
+                               return_trajectory=True)
+  alpha, sigma = ZSNR.alpha_sigma(traj.t[:-1])
+  x_prev = jnp.zeros_like(NOISE)
+  for i in range(5):
+    v = denoise_fn(traj.z[i], jnp.full((2,), traj.t[i]), x_prev)
+    np.testing.assert_allclose(traj.x_hat[i], alpha[i] * traj.z[i] - sigma[i] * v, atol=1e-5)
+    x_prev = traj.x_hat[i]
+  np.testing.assert_array_equal(out, traj.z[-1])
+  # An exact denoiser that ignores the estimate still recovers the data, and two-argument calls are unchanged.
+  oracle = point_oracle(ZSNR)
+  out = diffusion.sample(lambda z, t, x_prev: oracle(z, t), NOISE, schedule=ZSNR, num_steps=4, self_condition=True)
+  np.testing.assert_allclose(out, X_STAR, atol=1e-5)
+
+
 def test_denoiser_sees_batched_float_times():
   seen = []
 

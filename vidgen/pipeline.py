@@ -48,6 +48,7 @@ class VideoPipeline:
     self.latent_channels = vae_config["latent_channels"]
     self.patch = tuple(config.dit.patch_size)
     self.num_classes = int(config.dit.num_classes)
+    self.self_condition = bool(config.dit.get("self_condition", False))
     self._compiled: dict = {}
 
   @classmethod
@@ -118,21 +119,19 @@ class VideoPipeline:
         else:
           cond = Conditioning()
         model = lambda z, t, c: dit(z, t, c)
-        if guided:
-          denoise = diffusion.classifier_free_guidance(model, cond, null_conditioning(cond, self.num_classes),
-                                                       scale=guidance)
-        else:
-          denoise = lambda z, t: model(z, t, cond)
-        if progress:
-          counter = _Progress(steps)
-          inner = denoise
 
-          def denoise(z, t):
+        def denoise(z, t, x_prev=None):
+          c = cond if x_prev is None else cond.replace(self_cond=x_prev)  # self-conditioning: the last estimate
+          if progress:
             jax.debug.callback(counter.tick, t[0], ordered=True)
-            return inner(z, t)
+          if guided:
+            return diffusion.classifier_free_guidance(model, c, null_conditioning(c, self.num_classes),
+                                                      scale=guidance)(z, t)
+          return model(z, t, c)
 
+        counter = _Progress(steps) if progress else None
         z0 = diffusion.sample(denoise, noise, schedule=self.schedule, sampler=sampler, num_steps=steps,
-                              key=sample_key)
+                              key=sample_key, self_condition=self.self_condition)
         vae = nnx.merge(self.vae_graph, vae_params, vae_stats)
         return jnp.clip(vae.decode(vae.denormalize(z0)), -1.0, 1.0)
 

@@ -14,6 +14,7 @@ Public names:
   min_snr_weight: min(SNR, gamma) / (SNR + 1), the Min-SNR-gamma weight for a v-prediction loss (arXiv 2303.09556).
   loss_weight: the per-example weight of a named weighting ("v_mse" or "min_snr").
   sample_t: uniform training times.
+  self_conditioned: training-time self-conditioning of a denoiser that also takes its previous x estimate.
   v_loss: the per-example weighted v-prediction loss of a denoiser; what the DiT trainer calls.
   WEIGHTINGS: the allowed weighting names.
 """
@@ -29,6 +30,7 @@ from vidgen.diffusion.schedules import Schedule
 
 Array = jax.Array
 DenoiseFn = Callable[[Array, Array], Array]
+SelfCondDenoiseFn = Callable[[Array, Array, Array], Array]
 
 WEIGHTINGS = ("v_mse", "min_snr")
 
@@ -107,6 +109,32 @@ def loss_weight(logsnr: Array, weighting: str = "v_mse", gamma: float = 5.0) -> 
 def sample_t(key: Array, batch_size: int) -> Array:
   """Training times, uniform on [0, 1), one per example: float32 [batch_size]."""
   return jax.random.uniform(key, (batch_size,), jnp.float32)
+
+
+def self_conditioned(denoise_fn: SelfCondDenoiseFn, schedule: Schedule, use: Array) -> DenoiseFn:
+  """Training-time self-conditioning (arXiv 2208.04202, used by W.A.L.T): (z_t, t, x_prev) -> v becomes (z_t, t) -> v.
+
+  A first pass sees no estimate (x_prev = 0) and its x-prediction, with the gradient stopped, is the estimate the
+  second pass sees on the examples where `use` is True (zeros elsewhere, so the model also learns the first pass);
+  the second pass's v is returned. At sampling time `sample(..., self_condition=True)` feeds the previous step's
+  x-prediction instead. The first pass runs on every example, so the step costs one extra forward pass.
+
+  Args:
+    denoise_fn: (z_t [B, ...], t [B], x_prev [B, ...]) -> v_hat [B, ...].
+    schedule: the noise schedule (to turn the first pass's v into x).
+    use: bool [B], drawn per example with the self-conditioning probability.
+
+  Returns:
+    (z_t, t) -> v_hat, for `v_loss`.
+  """
+
+  def denoise(z_t: Array, t: Array) -> Array:
+    alpha, sigma = schedule.alpha_sigma(t)
+    first = denoise_fn(z_t, t, jnp.zeros_like(z_t))
+    estimate = jax.lax.stop_gradient(x_from_v(z_t, first.astype(z_t.dtype), alpha, sigma))
+    return denoise_fn(z_t, t, jnp.where(broadcast_per_example(use, z_t), estimate, 0.0).astype(z_t.dtype))
+
+  return denoise
 
 
 def v_loss(

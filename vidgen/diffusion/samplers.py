@@ -17,6 +17,10 @@ Each step goes from one evaluation time to the next one and the last to t = 0. A
   - DPMSolverMultistepScheduler: same "trailing" grid; its "leading" / "linspace" use n + 1 points and drop the lowest.
     With zero terminal SNR it clamps the last alpha_bar to 2^-24; vidgen keeps alpha = 0 there exactly.
 
+Self-conditioning. With `self_condition=True` the denoiser is called as denoise_fn(z_t, t, x_prev), x_prev being the
+x-prediction of the previous evaluation (zeros at the first): the sampling-time half of
+`vidgen.diffusion.self_conditioned`.
+
 Noise. DDPM and DDIM with eta > 0 draw their step-i noise as `jax.random.normal(jax.random.fold_in(key, i), shape)`,
 so a sample is reproducible from (key, num_steps) alone.
 
@@ -114,6 +118,7 @@ def sample(
     eta: float = 0.0,
     timestep_spacing: str = "trailing",
     return_trajectory: bool = False,
+    self_condition: bool = False,
 ) -> Array | tuple[Array, Trajectory]:
   """Runs a sampler from `noise` at t_0 down to clean data.
 
@@ -132,6 +137,8 @@ def sample(
     eta: DDIM stochasticity in [0, 1]; only for sampler="ddim".
     timestep_spacing: one of TIMESTEP_SPACINGS (see the module docstring).
     return_trajectory: also return the `Trajectory` of all intermediate latents and x-predictions.
+    self_condition: call denoise_fn(z_t, t, x_prev) with the previous step's x-prediction (zeros at the first step),
+      for models trained with `vidgen.diffusion.self_conditioned`.
 
   Returns:
     x0: the clean sample, [B, ...], dtype of noise (float32 at least); and the Trajectory if requested.
@@ -155,7 +162,7 @@ def sample(
   # be compiled on its own for each new n. Inside a caller's jit this inner jit is simply inlined.
   run = functools.partial(
       _run, denoise_fn, schedule=schedule, sampler=sampler, times=times, eta=float(eta), stochastic=stochastic,
-      return_trajectory=return_trajectory)
+      return_trajectory=return_trajectory, self_condition=bool(self_condition))
   return jax.jit(run)(noise, key)
 
 
@@ -170,6 +177,7 @@ def _run(
     eta: float,
     stochastic: bool,
     return_trajectory: bool,
+    self_condition: bool,
 ) -> Array | tuple[Array, Trajectory]:
   """The body of `sample` for validated arguments; `times` is the static grid [n + 1]."""
   num_steps = len(times) - 1
@@ -207,7 +215,8 @@ def _run(
   def step(carry, xs):
     z, x_prev = carry
     i, t_i, alpha_i, sigma_i, co = xs
-    v = denoise_fn(z, jnp.full((batch,), t_i, dtype))
+    t_batch = jnp.full((batch,), t_i, dtype)
+    v = denoise_fn(z, t_batch, x_prev) if self_condition else denoise_fn(z, t_batch)
     if v.shape != z.shape:
       raise ValueError(f"denoise_fn must return v_hat with the latent's shape {z.shape}, got {v.shape}")
     v = v.astype(dtype)

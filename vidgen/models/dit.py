@@ -87,7 +87,10 @@ def _base_config() -> ml_collections.ConfigDict:
   c.text_dim = 0                      # 0 = no cross-attention; otherwise the width of the text-encoder tokens.
   c.pooled_text = False               # Also add the mean caption token (projected) to the adaLN conditioning.
   c.task_channels = 0                 # Extra latent channels for task conditioning (mask + known latents); 0 = off.
-  c.self_condition = False            # Concatenate the previous x estimate (C channels) on the input.
+  # Concatenate the previous x estimate (C channels) on the input (W.A.L.T). The DiT trainer trains it with
+  # `diffusion.self_conditioned` (probability `diffusion.self_condition_prob`); VideoPipeline samples with
+  # `diffusion.sample(..., self_condition=True)`.
+  c.self_condition = False
   c.freq_dim = 256                    # Sinusoidal timestep features.
   c.time_scale = 1000.0               # t in [0, 1] is multiplied by this before the sinusoid.
   c.dtype = "auto"                    # Compute dtype; "auto" = bfloat16 on TPU / GPU, float32 on CPU.

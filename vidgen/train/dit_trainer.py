@@ -43,6 +43,9 @@ from vidgen.train.vae_trainer import load_vae, replicate, vae_run_finished
 from vidgen.train.writers import log
 
 CONDITIONINGS = ("text", "class", "none")
+# Probability that a training example sees its own first-pass estimate when the DiT is self-conditioned
+# (`dit.self_condition`); configs written before `diffusion.self_condition_prob` existed get this value.
+DEFAULT_SELF_CONDITION_PROB = 0.5
 SCHEDULES = ("cosine", "linear")
 
 
@@ -96,6 +99,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f"must be one of {diffusion.WEIGHTINGS}, got {df.weighting!r}")
   require(0.0 <= df.guidance_dropout < 1.0, "diffusion.guidance_dropout",
           f"must be in [0, 1), got {df.guidance_dropout}")
+  p_sc = df.get("self_condition_prob", DEFAULT_SELF_CONDITION_PROB)
+  require(0.0 <= p_sc <= 1.0, "diffusion.self_condition_prob", f"must be in [0, 1], got {p_sc}")
   require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
   accum = config.get("grad_accum_steps", 1)
   require(isinstance(accum, int) and accum >= 1 and config.batch_size % accum == 0, "grad_accum_steps",
@@ -326,11 +331,20 @@ class DiTTrainer:
                                          t=diffusion.sample_t(k_t, mean.shape[0]),
                                          eps=jax.random.normal(k_eps, mean.shape)), k_drop)
     del batch["mean"], batch["std"]
+    if self.spec.self_condition:
+      # Which examples see their own first-pass estimate (W.A.L.T: p = 0.9); a key of its own keeps the other draws
+      # equal to those of a model without self-conditioning.
+      p = cfg.diffusion.get("self_condition_prob", DEFAULT_SELF_CONDITION_PROB)
+      batch["self_cond"] = jax.random.bernoulli(jax.random.fold_in(key, 1), p, (mean.shape[0],))
 
     def loss_fn(params, micro):
       dit = nnx.merge(self.dit_graph, params["dit"])
       cond = self.conditioning(params, micro)
-      per_example = diffusion.v_loss(lambda z_t, t: dit(z_t, t, cond), micro["x"], k_eps, self.schedule,
+      denoise = lambda z_t, t: dit(z_t, t, cond)
+      if self.spec.self_condition:
+        denoise = diffusion.self_conditioned(lambda z_t, t, x_prev: dit(z_t, t, cond.replace(self_cond=x_prev)),
+                                             self.schedule, micro["self_cond"])
+      per_example = diffusion.v_loss(denoise, micro["x"], k_eps, self.schedule,
                                      weighting=cfg.diffusion.weighting, gamma=cfg.diffusion.min_snr_gamma,
                                      t=micro["t"], eps=micro["eps"])
       return jnp.mean(per_example)
