@@ -119,6 +119,7 @@ class VideoPipeline:
         else:
           cond = Conditioning()
         model = lambda z, t, c: dit(z, t, c)
+        counter = _Progress(steps) if progress else None
 
         def denoise(z, t, x_prev=None):
           c = cond if x_prev is None else cond.replace(self_cond=x_prev)  # self-conditioning: the last estimate
@@ -129,7 +130,6 @@ class VideoPipeline:
                                                       scale=guidance)(z, t)
           return model(z, t, c)
 
-        counter = _Progress(steps) if progress else None
         z0 = diffusion.sample(denoise, noise, schedule=self.schedule, sampler=sampler, num_steps=steps,
                               key=sample_key, self_condition=self.self_condition)
         vae = nnx.merge(self.vae_graph, vae_params, vae_stats)
