@@ -5,14 +5,13 @@
 
 Arguments (comma separated): `runlocal` (tiny and fast), `channels16` (16 latent channels instead of 8).
 
-The default reaches 27.2 dB eval PSNR (8 clips x 17 frames; 26.8 dB on 96 clips) in 4m14s-4m27s on a 2-core CPU
-(AMD EPYC; 7-10 steps/s; a 2-core EPYC VM with AVX2 but no AVX-512 runs it at about 3 steps/s). It is also the VAE
-stage of experiments/shapes_t2v.py. Its reconstructions keep circles and triangles (the prompt-following analyzer
-reads 29/31 and 28/28 of them right) but not squares: it rounds their corners, in the first frame (encoded alone) as
-much as in the moving ones, to a fill ratio of 0.81-0.91 (a rendered square has 1.0, a circle 0.79; the analyzer's
-cut is 0.905), so only 1 of 37 still reads as a square. Training longer is what fixes it: `--config.total_steps=3400`
-(9 minutes) reaches 29.3 dB (29.0 dB on 96 clips) and 19 of 37 squares; 16 latent channels (`channels16`) or a GAN
-term from step 900 did not help at 1700 steps (27.2 and 27.0 dB, 1-2 of 20 squares).
+The default reaches 30.4 dB eval PSNR (8 validation clips x 17 frames) in 4m59.6s on a 2-core Intel Xeon VM with
+AVX-512 (18.2 steps/s); on 96 validation clips it is 29.9 dB, on 96 clips of the held-out combinations 29.3 dB. CPUs
+differ by more than 2x: a 2-core AMD EPYC VM runs the same steps 1.5-2x slower, one without AVX-512 about 4x slower.
+Its reconstructions keep the shapes: the prompt-following analyzer reads back 31/31 circles, 29/37 squares and 28/28
+triangles of the validation clips (the earlier 1700-step default with (32, 64, 128) channels: 27.2 dB and 1/37
+squares, their corners rounded to the fill ratio of a circle). What limits is the spatial path (edges and corners):
+frame 0, encoded alone, is only ~1 dB better than the frames after it.
 `python -m vidgen.benchmarks.vae --workdir DIR --clips 96` prints these numbers for a finished run.
 """
 
@@ -34,11 +33,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "vae"
   config.seed = 0
-  config.total_steps = 1700
+  config.total_steps = 4800
   config.batch_size = 4
   config.log_every = 25
-  config.checkpoint_every = 200
-  config.sample_every = 200
+  config.checkpoint_every = 1200
+  config.sample_every = 1200
   config.keep_checkpoints = 3
   config.skip_nonfinite_updates = False   # True: a NaN/Inf step leaves the state unchanged instead of stopping
   config.peak_tflops_per_device = ml_collections.config_dict.placeholder(float)  # MFU peak; None = by device kind
@@ -52,16 +51,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Training sees 32x32 windows that hold part of the shape (evaluation: whole frames). For the same time, 4
       # cropped clips a step beat 2 whole ones: 24.2 -> 24.6 dB with the old channels, 25.8 -> 26.4 dB with these.
       crop_size=32,
-      # Every 3rd batch is 16 single frames: the spatial path learns shapes far faster from images (600 image steps
-      # alone reach 31 dB on images), and the mix adds 0.5 dB on clips and 5 points of shape accuracy.
+      # Every 3rd batch is 16 single frames: images are cheaper per frame and teach the spatial path, and the mix
+      # added 0.5 dB on clips and 5 points of shape accuracy. (Images alone do not suffice: 1000 image-only steps
+      # reached 26.4 dB on images.)
       image_every=3, image_batch_size=16,
       eval_frames=17, eval_clips=8, latent_stats_clips=32))
 
   config.vae = default_vae_config()
   config.vae.stem_patch = 4
-  # Cheap width where it is cheap: the 8x8 levels are wide, the 16x16 level (most of the FLOPs) narrow. A 2-tap
-  # causal kernel in time costs 2/3 of a 3-tap one; together 24.2 -> 25.8 dB at equal time over (32, 48, 64) / 3 taps.
-  config.vae.channels = (32, 64, 128)
+  # Width where it is cheap. The 16x16 level carries the edges and stays narrow; the 8x8 levels see half and a
+  # quarter of the frames, and at (32, 64, 128) the quarter-frame level held about half of all FLOPs. Narrower there,
+  # the step is 1.3x ((32, 64, 96)) and 1.5x ((32, 48, 96)) faster for little loss per step; in about 5 minutes:
+  #   (32, 64, 128) 3800 steps: 29.8 dB (8 clips), squares 9/20 (6 minutes, with evaluations every 200 steps)
+  #   (32, 64,  96) 4500 steps: 30.5 dB (8 clips), 29.8 dB (96 clips), squares read back 27/37
+  #   (32, 48,  96) 5000 steps: 30.4 dB (8 clips), 30.1 dB (96 clips), squares read back 30/37
+  # A 2-tap causal kernel in time costs 2/3 of a 3-tap one (24.2 -> 25.8 dB at equal time, with the narrow 16x16
+  # level). 16 latent channels (`channels16`), a GAN term from step 900, lr 1e-3 / 2e-3, batch 2, an L1 term, images
+  # every 2nd batch or 32 images a batch did not help (1700-step runs).
+  config.vae.channels = (32, 48, 96)
   config.vae.temporal_kernel = 2
   # Mean and std per channel of the shapes data in [-1, 1] (mostly black: -0.93 / 0.35). Without centring, the first
   # conv's gradient is dominated by the constant background and training spikes and stalls: 200 image steps gave
