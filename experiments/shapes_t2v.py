@@ -51,9 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Self-conditioning (`--config.dit.self_condition=True`, p = 0.5) on a 3800-step VAE (29.8 dB): 42.9% seen / 53.6%
   # held-out against 48.2% / 46.4% without, squares 0/36 either way, 1.3x the step time: not the default.
   # The DiT, not the VAE, is what misses squares: it draws the same blob for "square" and "circle" from the same noise
-  # (fill ratios 0.80 +- 0.02 for both), on latents of a VAE that reads back 28/37 squares as on one that reads back
-  # none. 4000 steps at batch 16 (same clips, same time): 32% / 32%. An image-only model (1-frame latents, 3000
-  # steps) is where the two start to differ (fill 0.82 vs 0.77).
+  # (mean fill ratios 0.80-0.82 for both), on latents of a VAE whose reconstructions read back 28/37 squares as on
+  # ones reading back 9/20 or 1/37. 4000 steps at batch 16 (same clips, same time): 32% / 32%. An image-only model
+  # (1-frame latents, 3000 steps) is where the two start to differ (mean fill 0.82 vs 0.77).
   config.total_steps = 2000
   config.batch_size = 32
   config.grad_accum_steps = 1      # split each batch into this many micro-batches (same result, less memory)
