@@ -77,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     vae_stage.checkpoint_every = vae_stage.sample_every = 1200
   config.data = ml_collections.ConfigDict(dict(
       name="shapes", num_frames=17, height=64, width=64, held_out=vae_stage.data.held_out, seed=0,
+      min_radius=vae_stage.data.min_radius, max_radius=vae_stage.data.max_radius, max_speed=vae_stage.data.max_speed,
       cache_clips=2048, cache_batch=32, cache_dir="",
       image_every=4))              # every 4th batch is 1-frame latents (images), from the same cache
 

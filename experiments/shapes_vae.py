@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 9-frame clips (3 latent frames): trained on 5 frames (2 latent frames) the decoder never sees a latent frame
       # with two real predecessors and 17-frame eval clips fall to ~17 dB after frame 8; with 9 they stay level.
       name="shapes", num_frames=9, height=64, width=64, held_out=HELD_OUT, seed=0,
+      min_radius=0.09, max_radius=0.2, max_speed=0.05,   # shape size and speed ranges, fractions of the frame
       # Training sees 32x32 windows that hold part of the shape (evaluation: whole frames). For the same time, 4
       # cropped clips a step beat 2 whole ones: 24.2 -> 24.6 dB with the old channels, 25.8 -> 26.4 dB with these.
       crop_size=32,

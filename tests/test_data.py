@@ -162,3 +162,20 @@ def test_interleaved_image_batches_follow_the_schedule_and_resume_exactly():
   assert state == {"next_batch": 6, "main": {"next_index": 8}, "other": {"next_index": 6}}
   with pytest.raises(ValueError, match="every must be >= 2"):
     Interleave(it.main, it.other, 1)
+
+
+def test_from_config_reads_the_size_range_and_overrides():
+  import ml_collections
+  data = ml_collections.ConfigDict(dict(num_frames=5, height=64, width=64, held_out=(), seed=3))
+  default = ShapesDataset.from_config(data, "train")
+  np.testing.assert_array_equal(default[2].video, ShapesDataset(num_frames=5, seed=3)[2].video)
+  # Without the optional fields a config means the constructor's defaults; with them, shapes are as large as asked.
+  data.min_radius, data.max_radius = 0.3, 0.32
+  big = ShapesDataset.from_config(data, "train", num_frames=1)
+  small = ShapesDataset.from_config(data.copy_and_resolve_references(), "train", num_frames=1, max_radius=0.31)
+  assert big[0].video.shape == (1, 64, 64, 3) and small.max_radius == 0.31
+  areas = [(ds[i].video[0].max(-1) > 127).sum() for ds in (big, default) for i in range(8)]
+  assert min(areas[:8]) > 1.5 * max(areas[8:])   # radius >= 0.3 of the side against <= 0.2
+  data.min_radius = 0.6
+  with pytest.raises(ValueError, match="min_radius"):
+    ShapesDataset.from_config(data, "train")

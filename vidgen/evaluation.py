@@ -67,8 +67,7 @@ def _generate(pipe, config, prompts: list[str], seed: int) -> np.ndarray:
 def reconstruction_psnr(pipe, config: ml_collections.ConfigDict) -> float:
   """VAE reconstruction PSNR (posterior mode) on validation clips of the run's size."""
   d = config.data
-  videos = ShapesDataset(split="validation", num_frames=d.num_frames, height=d.height, width=d.width,
-                         held_out=tuple(d.held_out), seed=d.seed).batch(0, config.eval.reconstruction_clips)["video"]
+  videos = ShapesDataset.from_config(d, "validation").batch(0, config.eval.reconstruction_clips)["video"]
 
   @jax.jit
   def reconstruct(params, stats, x):

@@ -44,6 +44,8 @@ COLOR_NAMES = tuple(COLORS)
 DIRECTION_NAMES = tuple(DIRECTIONS)
 NUM_CLASSES = len(COLORS) * len(SHAPES) * len(DIRECTIONS)
 SPLITS = ("train", "validation", "held_out")
+# Optional `config.data` fields for the size and speed ranges (fractions of the frame); absent = the defaults below.
+GEOMETRY_FIELDS = ("min_radius", "max_radius", "max_speed")
 _CROP_STREAM = 1  # appended to a clip's seed for the crop choice, keeping the clip's own random stream untouched
 
 
@@ -146,6 +148,17 @@ class ShapesDataset:
     # crop_size > 0: each clip is rendered whole, then cut to a crop_size square window with content on a crop_grid
     # lattice (vidgen.data.crops), drawn from a random stream of its own so the pixels match the uncropped clip's.
     self.crop_size, self.crop_grid = crop_size, crop_grid
+
+  @classmethod
+  def from_config(cls, data, split: str, **overrides) -> "ShapesDataset":
+    """The `split` of a `config.data` block (num_frames, height, width, held_out, seed and, where set, min_radius,
+    max_radius, max_speed); `overrides` replace fields or add constructor arguments (crop_size, ...)."""
+    fields = dict(num_frames=data.num_frames, height=data.height, width=data.width, held_out=tuple(data.held_out),
+                  seed=data.seed)
+    for name in GEOMETRY_FIELDS:
+      if name in data:
+        fields[name] = data[name]
+    return cls(split=split, **{**fields, **overrides})
 
   def __getitem__(self, index: int) -> Clip:
     if index < 0:

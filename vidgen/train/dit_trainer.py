@@ -33,7 +33,7 @@ from vidgen import diffusion
 from vidgen.config import ConfigError, require
 from vidgen.data import ShapesDataset
 from vidgen.data.latent_cache import LatentCache, LatentIterator
-from vidgen.data.shapes import NUM_CLASSES
+from vidgen.data.shapes import GEOMETRY_FIELDS, NUM_CLASSES
 from vidgen.models.dit import Conditioning, DiTSpec, VideoDiT
 from vidgen.models.text import SmallTextEncoder, WordTokenizer, shapes_tokenizer, validate_small_text_config
 from vidgen.parallel import axis_rules, state_shardings
@@ -228,12 +228,11 @@ class DiTTrainer:
     return {"vae": {"config": self.vae.config, "step": int(self.vae_step),
                     "params_sha256": params_fingerprint(self.vae_params)},
             "data": {"name": d.name, "split": "train", "num_frames": d.num_frames, "height": d.height,
-                     "width": d.width, "held_out": list(d.held_out), "seed": d.seed, "clips": d.cache_clips}}
+                     "width": d.width, "held_out": list(d.held_out), "seed": d.seed, "clips": d.cache_clips,
+                     **{name: d[name] for name in GEOMETRY_FIELDS if name in d}}}
 
   def dataset(self, split: str) -> ShapesDataset:
-    d = self.config.data
-    return ShapesDataset(split=split, num_frames=d.num_frames, height=d.height, width=d.width,
-                         held_out=tuple(d.held_out), seed=d.seed)
+    return ShapesDataset.from_config(self.config.data, split)
 
   def encode(self, video_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 clips -> the VAE posterior's (mean, std), un-normalized, on the run's mesh."""

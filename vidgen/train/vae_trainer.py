@@ -139,10 +139,8 @@ class VAETrainer:
   # -- data --------------------------------------------------------------------------------------------------------
 
   def dataset(self, split: str, num_frames: int, crop_size: int = 0) -> ShapesDataset:
-    d = self.config.data
-    return ShapesDataset(split=split, num_frames=num_frames, height=d.height, width=d.width,
-                         held_out=tuple(d.held_out), seed=d.seed, crop_size=crop_size,
-                         crop_grid=self.config.vae.spatial_downsample)
+    return ShapesDataset.from_config(self.config.data, split, num_frames=num_frames, crop_size=crop_size,
+                                     crop_grid=self.config.vae.spatial_downsample)
 
   def make_iterator(self, process_index: int, process_count: int) -> ShapesIterator | Interleave:
     """Training clips, cut to `data.crop_size` windows when set (evaluation always sees whole frames); with
