@@ -93,6 +93,29 @@ def test_deterministic_samplers_converge_and_dpm_is_higher_order():
   assert errors["dpmpp_2m", 50] < 5e-3, errors
 
 
+def test_partial_denoising_from_t_start():
+  """SDEdit: from z_{t_start} the grid starts at t_start, an exact denoiser still returns its data, and for Gaussian
+  data the deterministic samplers follow the probability-flow ODE from that point."""
+  t_start = 0.4
+  alpha, sigma = ZSNR.alpha_sigma(jnp.float32(t_start))
+  z = alpha * X_STAR + sigma * NOISE
+  for sampler in ("ddim", "dpmpp_2m", "ddpm"):
+    out = diffusion.sample(point_oracle(ZSNR), z, schedule=ZSNR, sampler=sampler, num_steps=3, key=jax.random.key(1),
+                           t_start=t_start)
+    np.testing.assert_allclose(out, X_STAR, atol=1e-5)
+  _, traj = diffusion.sample(point_oracle(ZSNR), z, schedule=ZSNR, num_steps=4, t_start=t_start,
+                             return_trajectory=True)
+  np.testing.assert_allclose(traj.t, diffusion.sampling_times(ZSNR, 4) * t_start, rtol=1e-6)
+  noise = jax.random.normal(jax.random.key(2), (4, 64))
+  out = diffusion.sample(gaussian_oracle(ZSNR), noise, schedule=ZSNR, sampler="dpmpp_2m", num_steps=50,
+                         t_start=t_start)
+  expected = MU + STD * (noise - alpha * MU) / jnp.sqrt(alpha**2 * STD**2 + sigma**2)
+  np.testing.assert_allclose(out, expected, atol=5e-3)
+  for bad in (0.0, 1.5, True):
+    with pytest.raises(ValueError, match="t_start"):
+      diffusion.sample(point_oracle(ZSNR), z, schedule=ZSNR, t_start=bad)
+
+
 def test_ddpm_samples_the_data_distribution():
   """With many steps the ancestral sampler's output has the data's mean and std (its per-step noise is right)."""
   noise = jax.random.normal(jax.random.key(3), (4, 1024))
@@ -231,6 +254,37 @@ def test_guidance_endpoints_and_single_batched_call():
   # Per-example scale.
   gs = diffusion.classifier_free_guidance(model, COND, UNCOND, scale=jnp.array([1.0, 0.0]))
   np.testing.assert_allclose(gs(NOISE, T), jnp.stack([v_c[0], v_u[1]]), atol=1e-6)
+
+
+def test_guidance_interval_guides_only_inside_it():
+  """T = [0.3, 0.9]: an interval holding only 0.9 guides example 1 and leaves example 0 conditional-only."""
+  model = _cond_model()
+  full_uncond = {"emb": jnp.zeros((2, 2)), "label": jnp.zeros((2,))}
+  v_c, v_u = model(NOISE, T, COND), model(NOISE, T, full_uncond)
+  guided = v_u + 4.0 * (v_c - v_u)
+  g = diffusion.classifier_free_guidance(model, COND, UNCOND, scale=4.0, interval=(0.5, 1.0))
+  np.testing.assert_allclose(g(NOISE, T), jnp.stack([v_c[0], guided[1]]), atol=1e-5)
+  # Closed at both ends, and with a per-example scale.
+  g = diffusion.classifier_free_guidance(model, COND, UNCOND, scale=jnp.array([4.0, 0.0]), interval=(0.3, 0.3))
+  np.testing.assert_allclose(g(NOISE, T), jnp.stack([guided[0], v_c[1]]), atol=1e-5)
+  # Where every t is outside, only the conditional half runs: count executed calls (lax.cond traces both branches).
+  runs = []
+
+  def counted(z, t, c):
+    jax.debug.callback(lambda n: runs.append(int(n)), jnp.int32(z.shape[0]))
+    return model(z, t, c)
+
+  g = diffusion.classifier_free_guidance(counted, COND, UNCOND, scale=4.0, interval=(0.95, 1.0))
+  np.testing.assert_allclose(g(NOISE, T), v_c, atol=1e-6)
+  g = diffusion.classifier_free_guidance(counted, COND, UNCOND, scale=4.0, interval=(0.5, 1.0))
+  g(NOISE, T)
+  assert runs == [2, 4]
+  # The whole range is plain guidance.
+  g = diffusion.classifier_free_guidance(model, COND, UNCOND, scale=4.0, interval=(0.0, 1.0))
+  np.testing.assert_allclose(g(NOISE, T), guided, atol=1e-5)
+  for bad in ((0.6, 0.4), (-0.1, 0.5), (0.2, 1.5)):
+    with pytest.raises(ValueError, match="interval"):
+      diffusion.classifier_free_guidance(model, COND, UNCOND, scale=4.0, interval=bad)
 
 
 def test_guidance_rescale():

@@ -7,11 +7,14 @@ import sys
 
 import imageio.v3 as iio
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import experiment_config
 from vidgen.config import ConfigError, load_config_file
+from vidgen.data import ShapesDataset, to_model_range, to_uint8
 from vidgen.data.latent_cache import CacheMismatchError, LatentCache, LatentIterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,10 +150,46 @@ def test_pipeline_is_deterministic_and_checks_input(t2v_run):
     pipe("a purple circle moving left")
   with pytest.raises(ValueError, match="empty"):
     pipe("   ")
+  with pytest.raises(ValueError, match=r"guidance_interval=\(0\.8, 0\.2\)"):
+    pipe("a red circle moving left", guidance_interval=(0.8, 0.2))
   with pytest.raises(ValueError, match="more than|longer|max"):
     pipe("a red circle moving left and a blue square moving up")
   with pytest.raises(ValueError, match="'vae' run"):
     VideoPipeline.from_workdir(os.path.join(t2v_run, "vae"))
+
+  # Video-to-video. The 4-step VAE decodes every latent to nearly the same frame (pixel std < 1 level), so its output
+  # kernels are scaled up to make the decoded frames depend visibly on the latents. Strength 1 starts from pure noise
+  # (zero terminal SNR) and ignores the clip; a tiny strength returns the clip's VAE reconstruction.
+  vae = nnx.merge(pipe.vae_graph, pipe.vae_params, pipe.vae_stats)
+  amplify = lambda path, p: p * 50.0 if "kernel" in jax.tree_util.keystr(path) else p
+  nnx.update(vae.decoder.head, jax.tree_util.tree_map_with_path(amplify, nnx.state(vae.decoder.head, nnx.Param)))
+  pipe.vae_graph, pipe.vae_params, pipe.vae_stats = nnx.split(vae, nnx.Param, ...)
+  clip = ShapesDataset.from_config(pipe.config.data, "validation")[0]
+  prompt, init = clip.caption, clip.video
+  fresh = pipe(prompt, num_frames=5, steps=3, seed=1).astype(int)
+  assert np.abs(pipe(prompt, init_video=init, steps=3, seed=1).astype(int) - fresh).max() <= 1
+  recon = to_uint8(np.asarray(jnp.clip(vae.decode(vae.encode(to_model_range(init[None])).mode()), -1, 1)))[0]
+  kept = pipe(prompt, init_video=init, strength=0.01, steps=1, seed=1).astype(int)
+  # Measured: 0.06 and 3.2 levels on average.
+  assert np.abs(kept - recon).mean() < 0.5 < 1.5 < np.abs(fresh - recon).mean()
+  with pytest.raises(ValueError, match="strength=0.5 needs init_video"):
+    pipe(prompt, strength=0.5)
+  with pytest.raises(ValueError, match="init_video: expected uint8"):
+    pipe(prompt, init_video=a.astype(np.float32))
+
+
+def test_renoise_benchmark_prints_a_row_per_strength(t2v_run, monkeypatch, capsys):
+  from vidgen.benchmarks import renoise
+  from vidgen.config import read_run_config
+
+  clips = renoise.balanced_clips(read_run_config(t2v_run), 6)
+  assert [c.shape for c in clips] == ["circle", "circle", "square", "square", "triangle", "triangle"]
+  monkeypatch.setattr(sys, "argv", ["renoise", "--workdir", t2v_run, "--clips", "3", "--strengths", "0.3,1",
+                                    "--steps", "2", "--guidance_interval", "0.5,1"])
+  renoise.main()
+  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.3 |") or
+          line.startswith("| 1 |")]
+  assert len(rows) == 2 and all(row.count("/1") == 3 for row in rows), rows
 
 
 def test_cli_sample_and_eval(t2v_run, tmp_path):
@@ -221,7 +260,8 @@ def test_config_errors_name_the_field(t2v_run, tmp_path):
            ({"data.num_frames": 6}, "data.num_frames"),
            ({"dit.text_dim": 8}, "dit.text_dim"),
            ({"diffusion.schedule": "sigmoid"}, "diffusion.schedule"),
-           ({"data.cache_clips": 2}, "data.cache_clips")]
+           ({"data.cache_clips": 2}, "data.cache_clips"),
+           ({"sampling.guidance_interval": (0.5, 1.5)}, "sampling.guidance_interval")]
   for overrides, field in cases:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
       train_and_evaluate(t2v_config(vae_workdir=vae, **overrides), str(tmp_path / "bad"))

@@ -30,6 +30,8 @@ _HEIGHT = flags.DEFINE_integer("height", None, "sample: pixels (default: the tra
 _WIDTH = flags.DEFINE_integer("width", None, "sample: pixels (default: the training size).")
 _STEPS = flags.DEFINE_integer("steps", 50, "sample: sampler steps.")
 _GUIDANCE = flags.DEFINE_float("guidance", 4.0, "sample: classifier-free guidance scale.")
+_GUIDANCE_INTERVAL = flags.DEFINE_list("guidance_interval", ["0", "1"], "sample: t_lo,t_hi: guide only at noise "
+                                        "levels t in [t_lo, t_hi] (t = 1 is pure noise), conditional-only elsewhere.")
 _SEED = flags.DEFINE_integer("seed", 0, "sample: noise seed.")
 _SAMPLER = flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm", "dpmpp_2m"], "sample: sampler.")
 
@@ -61,6 +63,14 @@ def _train() -> None:
     sys.exit(PREEMPTED_EXIT_CODE)  # the loop logged the step and the checkpoint
 
 
+def _interval(values: list[str]) -> tuple[float, float]:
+  try:
+    lo, hi = (float(v) for v in values)
+  except ValueError as e:
+    raise app.UsageError(f"--guidance_interval={','.join(values)!r}: expected two numbers t_lo,t_hi") from e
+  return lo, hi
+
+
 def _sample() -> None:
   import os
 
@@ -75,7 +85,8 @@ def _sample() -> None:
   pipe = VideoPipeline.from_workdir(_WORKDIR.value)
   prompts = _PROMPT.value
   videos = pipe(prompts, num_frames=_NUM_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value, steps=_STEPS.value,
-                guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value, progress=True)
+                guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value,
+                guidance_interval=_interval(_GUIDANCE_INTERVAL.value), progress=True)
   paths = [_OUTPUT.value] if len(prompts) == 1 else [f"{root}_{i}{ext}" for i in range(len(prompts))]
   for path, prompt, video in zip(paths, prompts, videos):
     io.write_video(path, video)

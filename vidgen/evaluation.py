@@ -28,7 +28,8 @@ from vidgen.metrics.prompt_following import prompt_following
 
 def _sample_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   s = config.sampling
-  return dict(num_frames=config.data.num_frames, steps=s.steps, guidance=s.guidance, sampler=s.sampler)
+  return dict(num_frames=config.data.num_frames, steps=s.steps, guidance=s.guidance, sampler=s.sampler,
+              guidance_interval=tuple(s.get("guidance_interval", (0.0, 1.0))))
 
 
 def write_samples(pipe, config: ml_collections.ConfigDict, directory: str, step: int) -> np.ndarray:

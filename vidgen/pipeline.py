@@ -4,6 +4,7 @@
   pipe = VideoPipeline.from_workdir("workdirs/shapes_t2v")
   video = pipe("a red circle moving left", num_frames=17, steps=50, guidance=4.0, seed=0)   # uint8 [T, H, W, 3]
   videos = pipe(["a red circle moving left", "a blue square moving up"])                    # uint8 [B, T, H, W, 3]
+  edited = pipe("a red square moving left", init_video=video, strength=0.6)   # video-to-video (SDEdit)
 
 Generation is one jitted program per (batch, size, steps, sampler) — text encoding, the guided sampler loop and VAE
 decoding — and depends only on (prompts, seed): example i starts from noise drawn with `fold_in(key(seed), i)`.
@@ -24,7 +25,7 @@ from flax import nnx
 
 from vidgen import diffusion
 from vidgen.config import read_run_config
-from vidgen.data import to_uint8
+from vidgen.data import to_model_range, to_uint8
 from vidgen.data.shapes import class_id, parse_combination
 from vidgen.models.dit import Conditioning, null_conditioning
 from vidgen.parallel import axis_rules, make_mesh
@@ -103,14 +104,19 @@ class VideoPipeline:
 
   # -- generation --------------------------------------------------------------------------------------------------
 
-  def _generate_fn(self, steps: int, sampler: str, guided: bool, progress: bool):
-    key = (steps, sampler, guided, progress)
+  def _generate_fn(self, steps: int, sampler: str, guided: bool, interval: tuple[float, float], strength: float,
+                   progress: bool):
+    key = (steps, sampler, guided, interval, strength, progress)
     if key in self._compiled:
       return self._compiled[key]
 
-    def generate(dit_params, text_params, vae_params, vae_stats, inputs, noise, guidance, sample_key):
+    def generate(dit_params, text_params, vae_params, vae_stats, inputs, noise, init_video, guidance, sample_key):
       with axis_rules(self.mesh, self.rules):
         dit = nnx.merge(self.dit_graph, dit_params)
+        vae = nnx.merge(self.vae_graph, vae_params, vae_stats)
+        if init_video is not None:  # SDEdit: start from the clip's latents, noised to t = strength.
+          alpha, sigma = self.schedule.alpha_sigma(jnp.float32(strength))
+          noise = alpha * vae.normalize(vae.encode(init_video).mode()) + sigma * noise
         if "ids" in inputs:
           text = nnx.merge(self.text_graph, text_params)(inputs["ids"], inputs["mask"])
           cond = Conditioning(text=text, text_mask=inputs["mask"])
@@ -127,12 +133,11 @@ class VideoPipeline:
             jax.debug.callback(counter.tick, t[0], ordered=True)
           if guided:
             return diffusion.classifier_free_guidance(model, c, null_conditioning(c, self.num_classes),
-                                                      scale=guidance)(z, t)
+                                                      scale=guidance, interval=interval)(z, t)
           return model(z, t, c)
 
         z0 = diffusion.sample(denoise, noise, schedule=self.schedule, sampler=sampler, num_steps=steps,
-                              key=sample_key, self_condition=self.self_condition)
-        vae = nnx.merge(self.vae_graph, vae_params, vae_stats)
+                              key=sample_key, self_condition=self.self_condition, t_start=strength)
         return jnp.clip(vae.decode(vae.denormalize(z0)), -1.0, 1.0)
 
     fn = jax.jit(generate)
@@ -141,7 +146,8 @@ class VideoPipeline:
 
   def __call__(self, prompt: str | Sequence[str], num_frames: int = 17, height: int | None = None,
                width: int | None = None, steps: int = 50, guidance: float = 4.0, seed: int = 0,
-               sampler: str = "ddim", progress: bool = False) -> np.ndarray:
+               sampler: str = "ddim", guidance_interval: Sequence[float] = (0.0, 1.0),
+               init_video: np.ndarray | None = None, strength: float = 1.0, progress: bool = False) -> np.ndarray:
     """Generates one video per prompt.
 
     Args:
@@ -150,6 +156,12 @@ class VideoPipeline:
       height, width: pixels, multiples of VAE factor x patch; default the training size.
       steps: sampler steps; guidance: classifier-free guidance scale (1 = conditional only, 0 = unconditional);
       seed: noise seed; sampler: "ddim" | "ddpm" | "dpmpp_2m".
+      guidance_interval: (t_lo, t_hi): guide only at noise levels t in that range, conditional-only (w = 1) elsewhere
+        (see `vidgen.diffusion.guidance`); the default guides at every step.
+      init_video: uint8 [T, H, W, 3] (one prompt) or [B, T, H, W, 3]: video-to-video (SDEdit). The clip is encoded,
+        noised to t = strength and denoised under the prompt; its size sets num_frames, height and width.
+      strength: in (0, 1], with init_video: how much of the sampling path is redone (1 keeps nothing of the clip).
+        The sampler takes `steps` steps over [0, strength].
       progress: print a progress line over sampling steps (to stderr).
 
     Returns:
@@ -162,6 +174,19 @@ class VideoPipeline:
     for p in prompts:
       if not isinstance(p, str) or not p.strip():
         raise ValueError(f"prompt {p!r}: must be a non-empty string")
+    if init_video is not None:
+      init_video = np.asarray(init_video)
+      if init_video.dtype != np.uint8 or init_video.shape[-1:] != (3,) or init_video.ndim != (4 if single else 5):
+        raise ValueError(f"init_video: expected uint8 {'[T, H, W, 3]' if single else '[B, T, H, W, 3]'}, got "
+                         f"{init_video.dtype} {init_video.shape}")
+      if not single and init_video.shape[0] != len(prompts):
+        raise ValueError(f"init_video: got {init_video.shape[0]} clips for {len(prompts)} prompts")
+      num_frames, height, width = init_video.shape[-4:-1]
+      init_video = to_model_range(init_video.reshape((len(prompts),) + init_video.shape[-4:]))
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+      raise ValueError(f"strength={strength!r}: must be a number in (0, 1]")
+    if strength != 1.0 and init_video is None:
+      raise ValueError(f"strength={strength!r} needs init_video, the clip to start from")
     height = self.config.data.height if height is None else height
     width = self.config.data.width if width is None else width
     self._check_size(num_frames, height, width)
@@ -171,6 +196,9 @@ class VideoPipeline:
       raise ValueError(f"steps={steps!r}: must be an integer in [1, {self.schedule.num_train_steps}]")
     if guidance < 0:
       raise ValueError(f"guidance={guidance!r}: must be >= 0")
+    interval = tuple(float(t) for t in guidance_interval)
+    if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+      raise ValueError(f"guidance_interval={guidance_interval!r}: must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1")
     inputs = self._condition_inputs(prompts)
     fs, ft = self.spatial_factor, self.temporal_factor
     shape = (1 + (num_frames - 1) // ft, height // fs, width // fs, self.latent_channels)
@@ -178,8 +206,8 @@ class VideoPipeline:
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(base, i), shape) for i in range(len(prompts))])
     sample_key = jax.random.fold_in(base, -1 & 0x7FFFFFFF)
     guided = self.config.conditioning != "none" and guidance != 1.0
-    fn = self._generate_fn(int(steps), sampler, guided, progress)
-    video = fn(self.dit_params, self.text_params, self.vae_params, self.vae_stats, inputs, noise,
+    fn = self._generate_fn(int(steps), sampler, guided, interval, float(strength), progress)
+    video = fn(self.dit_params, self.text_params, self.vae_params, self.vae_stats, inputs, noise, init_video,
                jnp.float32(guidance), sample_key)
     if progress:
       print(file=sys.stderr)

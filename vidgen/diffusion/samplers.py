@@ -17,6 +17,10 @@ Each step goes from one evaluation time to the next one and the last to t = 0. A
   - DPMSolverMultistepScheduler: same "trailing" grid; its "leading" / "linspace" use n + 1 points and drop the lowest.
     With zero terminal SNR it clamps the last alpha_bar to 2^-24; vidgen keeps alpha = 0 there exactly.
 
+Partial denoising (SDEdit, arXiv 2108.01073). With `t_start` < 1 the grid above is scaled by t_start, so the
+sampler starts from z_{t_start} = alpha(t_start) x + sigma(t_start) eps (a given clip, partly noised) and takes
+`num_steps` steps down to t = 0: small t_start keeps the layout and redraws details, t_start = 1 ignores the clip.
+
 Self-conditioning. With `self_condition=True` the denoiser is called as denoise_fn(z_t, t, x_prev), x_prev being the
 x-prediction of the previous evaluation (zeros at the first): the sampling-time half of
 `vidgen.diffusion.self_conditioned`.
@@ -119,6 +123,7 @@ def sample(
     timestep_spacing: str = "trailing",
     return_trajectory: bool = False,
     self_condition: bool = False,
+    t_start: float = 1.0,
 ) -> Array | tuple[Array, Trajectory]:
   """Runs a sampler from `noise` at t_0 down to clean data.
 
@@ -128,7 +133,7 @@ def sample(
   Args:
     denoise_fn: (z_t [B, ...], t [B] float) -> v_hat [B, ...], the v-prediction model. Wrap it with
       `vidgen.diffusion.guidance.classifier_free_guidance` for guided sampling.
-    noise: the starting latent z_{t_0}, standard normal, [B, ...] float.
+    noise: the starting latent z_{t_0}, [B, ...] float: standard normal, or a partly noised clip with t_start < 1.
     schedule: the noise schedule the model was trained with.
     sampler: one of SAMPLERS: "ddpm" (ancestral, posterior variance), "ddim" (eta = 0 deterministic, eta = 1 equals
       DDPM's update), "dpmpp_2m" (DPM-Solver++(2M), data prediction, first order on the first and last step).
@@ -139,6 +144,7 @@ def sample(
     return_trajectory: also return the `Trajectory` of all intermediate latents and x-predictions.
     self_condition: call denoise_fn(z_t, t, x_prev) with the previous step's x-prediction (zeros at the first step),
       for models trained with `vidgen.diffusion.self_conditioned`.
+    t_start: in (0, 1], static: scales the time grid so sampling starts at t_0 = t_start (see the module docstring).
 
   Returns:
     x0: the clean sample, [B, ...], dtype of noise (float32 at least); and the Trajectory if requested.
@@ -153,11 +159,13 @@ def sample(
     raise ValueError(f"eta is only used by sampler='ddim'; got eta={eta} with sampler={sampler!r}")
   if jnp.ndim(noise) < 1 or not jnp.issubdtype(jnp.result_type(noise), jnp.floating):
     raise ValueError(f"noise must be a float array [B, ...], got {jnp.result_type(noise)} of shape {jnp.shape(noise)}")
+  if isinstance(t_start, bool) or not isinstance(t_start, (int, float)) or not 0.0 < t_start <= 1.0:
+    raise ValueError(f"t_start must be a Python float in (0, 1] (it is static), got {t_start!r}")
   stochastic = sampler == "ddpm" or eta > 0.0
   if stochastic and key is None:
     raise ValueError(f"key is required for sampler={sampler!r} with eta={eta} (it draws noise)")
 
-  times = sampling_times(schedule, num_steps, timestep_spacing)
+  times = sampling_times(schedule, num_steps, timestep_spacing) * float(t_start)
   # One XLA program for the coefficients and the loop: run eagerly, every small op on the [n + 1] grid would otherwise
   # be compiled on its own for each new n. Inside a caller's jit this inner jit is simply inlined.
   run = functools.partial(

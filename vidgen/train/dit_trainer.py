@@ -110,6 +110,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                                                 f"{s.sampler!r}")
   require(1 <= s.steps <= 1000, "sampling.steps", f"must be in [1, 1000], got {s.steps}")
   require(s.guidance >= 0, "sampling.guidance", f"must be >= 0, got {s.guidance}")
+  interval = tuple(s.get("guidance_interval", (0.0, 1.0)))
+  require(len(interval) == 2 and 0.0 <= interval[0] <= interval[1] <= 1.0, "sampling.guidance_interval",
+          f"must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1, got {interval!r}")
   require(len(s.prompts) >= 1, "sampling.prompts", "must list at least one prompt to sample during training")
 
 
