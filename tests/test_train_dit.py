@@ -318,6 +318,12 @@ def test_latent_iterator_is_a_pure_function_of_its_state(tmp_path):
   resumed = LatentIterator(cache, global_batch=4, seed=0, image_every=3)
   resumed.set_state({"next_batch": 4})
   np.testing.assert_array_equal(next(resumed)["label"], batches[4]["label"])
+  # An image phase first: the first 2 batches are images, then every third as before; same clips in the same order.
+  phased = LatentIterator(cache, global_batch=4, seed=0, image_every=3, image_first=2)
+  phased_batches = [next(phased) for _ in range(7)]
+  assert [b["mean"].shape[1] for b in phased_batches] == [1, 1, 1, 2, 2, 1, 2]
+  for b, p in zip(batches, phased_batches):
+    np.testing.assert_array_equal(b["label"], p["label"])
   # Two processes reassemble the single-process global batch.
   halves = [LatentIterator(cache, global_batch=4, seed=0, process_index=p, process_count=2) for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([next(h)["label"] for h in halves]), batches[0]["label"])
@@ -329,7 +335,7 @@ def test_gradient_accumulation_matches_the_full_batch(t2v_run, tmp_path):
 
   common = dict(vae_workdir=os.path.join(t2v_run, "vae"), total_steps=6, log_every=1, checkpoint_every=6,
                 sample_every=6, **{"data.cache_dir": os.path.join(t2v_run, "latents"), "eval.at_end": False,
-                                   "data.image_every": 3})
+                                   "data.image_every": 3, "data.image_first": 2})
   runs = {}
   for steps in (1, 2):
     workdir = str(tmp_path / f"accum{steps}")

@@ -146,30 +146,37 @@ class LatentCache:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def is_image_batch(b: int, image_every: int, image_first: int = 0) -> bool:
+  """Whether global batch b is images: the first `image_first` batches (an image phase, as video models commonly
+  start), then every `image_every`-th (0 = never) for joint image + video training."""
+  return b < image_first or (image_every > 0 and (b + 1) % image_every == 0)
+
+
 class LatentIterator:
   """Batches of cached latents for one process; state {"next_batch": int} (JSON-serializable).
 
   Global batch b is a slice of a per-epoch permutation of the cache drawn from (seed, epoch), so the stream is a pure
   function of the batch number: resuming at `next_batch` continues it exactly, for any number of processes.
-  Every `image_every`-th batch (if > 0) is an image batch: latent frame 0 only, which for a causal VAE is exactly the
-  latent of the first frame on its own, so images come from the same cache at no cost.
+  Image batches (`is_image_batch`) hold latent frame 0 only, which for a causal VAE is exactly the latent of the first
+  frame on its own, so images come from the same cache at no cost.
   """
 
   def __init__(self, cache: LatentCache, *, global_batch: int, seed: int, process_index: int = 0,
-               process_count: int = 1, image_every: int = 0, transform: Callable[[dict], dict] | None = None):
+               process_count: int = 1, image_every: int = 0, image_first: int = 0,
+               transform: Callable[[dict], dict] | None = None):
     if global_batch % process_count:
       raise ValueError(f"global batch {global_batch} must be divisible by the process count {process_count}")
     if global_batch > len(cache):
       raise ValueError(f"global batch {global_batch} is larger than the latent cache ({len(cache)} clips)")
     self.cache, self.global_batch, self.seed = cache, global_batch, seed
     self.local_batch = global_batch // process_count
-    self.process_index, self.image_every = process_index, image_every
+    self.process_index, self.image_every, self.image_first = process_index, image_every, image_first
     self.transform = transform
     self.next_batch = 0
     self._perm_epoch, self._perm = -1, None
 
   def is_image_batch(self, b: int) -> bool:
-    return self.image_every > 0 and (b + 1) % self.image_every == 0
+    return is_image_batch(b, self.image_every, self.image_first)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self

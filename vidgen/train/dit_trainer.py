@@ -7,8 +7,8 @@ resumes wherever it stopped:
   2. Latent cache: `config.data.cache_clips` training clips encoded once into `workdir/latents` (posterior mean and
      std; see `vidgen.data.latent_cache`). A cache built by another VAE or data config is refused.
   3. DiT: v-prediction loss on normalized latents z = (mean + std * eps - shift) / scale, guidance dropout of the
-     class / caption, an EMA of the weights, and joint image + video training (every `data.image_every`-th batch is
-     1-frame latents). Samples for `config.sampling.prompts` are written to `workdir/samples/`; the last evaluation
+     class / caption, an EMA of the weights, and joint image + video training (the first `data.image_first` batches
+     and every `data.image_every`-th batch are 1-frame latents). Samples for `config.sampling.prompts` are written to `workdir/samples/`; the last evaluation
      also measures prompt-following on seen and held-out combinations (`workdir/eval.json`).
 
 Conditioning (`config.conditioning`): "text" (captions through `SmallTextEncoder`, cross-attention), "class"
@@ -32,7 +32,7 @@ from flax import nnx
 from vidgen import diffusion
 from vidgen.config import ConfigError, require
 from vidgen.data import ShapesDataset
-from vidgen.data.latent_cache import LatentCache, LatentIterator
+from vidgen.data.latent_cache import LatentCache, LatentIterator, is_image_batch
 from vidgen.data.shapes import GEOMETRY_FIELDS, NUM_CLASSES
 from vidgen.models.dit import Conditioning, DiTSpec, VideoDiT
 from vidgen.models.text import SmallTextEncoder, WordTokenizer, shapes_tokenizer, validate_small_text_config
@@ -93,6 +93,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(d.cache_clips >= config.batch_size, "data.cache_clips",
           f"must be >= batch_size={config.batch_size}, got {d.cache_clips}")
   require(d.image_every >= 0, "data.image_every", f"must be >= 0 (0 = videos only), got {d.image_every}")
+  require(d.get("image_first", 0) >= 0, "data.image_first", f"must be >= 0, got {d.get('image_first', 0)}")
   df = config.diffusion
   require(df.schedule in SCHEDULES, "diffusion.schedule", f"must be one of {SCHEDULES}, got {df.schedule!r}")
   require(df.weighting in diffusion.WEIGHTINGS, "diffusion.weighting",
@@ -272,7 +273,8 @@ class DiTTrainer:
     log("stage 3/3: training the DiT")
     return LatentIterator(cache, global_batch=self.config.batch_size, seed=self.config.data.seed,
                           process_index=process_index, process_count=process_count,
-                          image_every=self.config.data.image_every, transform=self._add_conditioning)
+                          image_every=self.config.data.image_every,
+                          image_first=self.config.data.get("image_first", 0), transform=self._add_conditioning)
 
   def _add_conditioning(self, batch: dict) -> dict:
     if self.tokenizer is not None:
@@ -291,8 +293,8 @@ class DiTTrainer:
 
   def phase(self, step: int) -> str:
     """Static variant: image batches (1 latent frame) and video batches have different shapes."""
-    every = self.config.data.image_every
-    return "image" if every > 0 and (step + 1) % every == 0 else "video"
+    d = self.config.data
+    return "image" if is_image_batch(step, d.image_every, d.get("image_first", 0)) else "video"
 
   def conditioning(self, params: dict, batch: dict) -> Conditioning:
     """Batch (+ text-encoder params) -> the DiT's conditioning."""
