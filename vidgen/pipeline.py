@@ -6,8 +6,9 @@
   videos = pipe(["a red circle moving left", "a blue square moving up"])                    # uint8 [B, T, H, W, 3]
   edited = pipe("a red square moving left", init_video=video, strength=0.6)   # video-to-video (SDEdit)
 
-Generation is one jitted program per (batch, size, steps, sampler) — text encoding, the guided sampler loop and VAE
-decoding — and depends only on (prompts, seed): example i starts from noise drawn with `fold_in(key(seed), i)`.
+Generation is one jitted program per (batch, size, steps, sampler, guidance interval, strength) — text encoding, the
+guided sampler loop and VAE decoding — and depends only on (prompts, seed, init_video): example i starts from noise
+drawn with `fold_in(key(seed), i)`.
 Class-conditional runs take the same prompts: a caption of the embedded data names its class.
 """
 
