@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # high noise (`sampling.guidance_interval`, 4 on [0.5, 1] or [0.7, 1], 8 on [0.7, 1]), guidance 1 or 2: squares 0
   # every time. Min-SNR-5 weighting: 42.9% / 42.9%. An image phase first (`data.image_first=1000`, then 1500 joint
   # steps, same time): 46.4% / 28.6%. Learning rate 2e-3: 41.1% / 42.9%. Batch 64 for 1000 steps: 44.6% / 46.4%.
+  # Depth 8 for 1000 steps (same time) on a larger-shape VAE that keeps squares: squares 0/36, directions 34-39%.
   # The "square" and "circle" samples are the same rounded blob. This VAE stage (28.3 dB) itself keeps few squares:
   # its reconstructions read back 4/20 validation and 8/19 held-out squares (`python -m vidgen.benchmarks.vae`), and
   # squares renoised to t = 0.2 come back square 0/12 times (1/12 with guidance 1; `vidgen.benchmarks.renoise`).
