@@ -197,9 +197,7 @@ class VideoPipeline:
       raise ValueError(f"steps={steps!r}: must be an integer in [1, {self.schedule.num_train_steps}]")
     if guidance < 0:
       raise ValueError(f"guidance={guidance!r}: must be >= 0")
-    interval = tuple(float(t) for t in guidance_interval)
-    if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
-      raise ValueError(f"guidance_interval={guidance_interval!r}: must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1")
+    interval = diffusion.check_interval(guidance_interval, "guidance_interval")
     inputs = self._condition_inputs(prompts)
     fs, ft = self.spatial_factor, self.temporal_factor
     shape = (1 + (num_frames - 1) // ft, height // fs, width // fs, self.latent_channels)

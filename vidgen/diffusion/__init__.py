@@ -10,7 +10,7 @@ Usage:
 Time t is continuous in [0, 1] (0 clean, 1 noise) everywhere; see `schedules` for how discrete DDPM steps map onto it.
 """
 
-from vidgen.diffusion.guidance import classifier_free_guidance, guide, rescale_guidance
+from vidgen.diffusion.guidance import check_interval, classifier_free_guidance, guide, rescale_guidance
 from vidgen.diffusion.objectives import (
     WEIGHTINGS,
     add_noise,
@@ -46,6 +46,7 @@ __all__ = [
     "Trajectory",
     "WEIGHTINGS",
     "add_noise",
+    "check_interval",
     "classifier_free_guidance",
     "discrete_timesteps",
     "eps_from_v",

@@ -23,6 +23,7 @@ the stds. The two agree at t = 1 with zero terminal SNR, where alpha = 0.)
 
 Public names:
   classifier_free_guidance: wraps denoise_fn(z_t, t, cond) into a guided denoise_fn(z_t, t), one batched call.
+  check_interval: validates a guidance interval (t_lo, t_hi).
   guide: the combination v_u + w (v_c - v_u), with optional rescale, on given predictions.
   rescale_guidance: the rescale step alone.
 """
@@ -83,6 +84,17 @@ def guide(v_cond: Array, v_uncond: Array, scale: float | Array, rescale: float |
   return rescale_guidance(v, v_cond, rescale)
 
 
+def check_interval(interval, name: str = "interval") -> tuple[float, float]:
+  """A guidance interval as (t_lo, t_hi) floats; ValueError naming `name` unless 0 <= t_lo <= t_hi <= 1."""
+  try:
+    t_lo, t_hi = (float(t) for t in interval)
+  except (TypeError, ValueError):
+    t_lo, t_hi = 1.0, 0.0  # Not two numbers: refused below.
+  if not 0.0 <= t_lo <= t_hi <= 1.0:
+    raise ValueError(f"{name}={interval!r}: must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1")
+  return t_lo, t_hi
+
+
 def classifier_free_guidance(
     denoise_fn: CondDenoiseFn,
     cond: PyTree,
@@ -118,9 +130,7 @@ def classifier_free_guidance(
     return jnp.concatenate([c, u.astype(c.dtype)], axis=0)
 
   if interval is not None:
-    t_lo, t_hi = interval
-    if not 0.0 <= t_lo <= t_hi <= 1.0:
-      raise ValueError(f"interval={interval!r}: must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1")
+    interval = check_interval(interval)
   both = jax.tree.map(pair, cond, uncond)
 
   def guided(z_t: Array, t: Array, w: float | Array) -> Array:

@@ -8,8 +8,9 @@ resumes wherever it stopped:
      std; see `vidgen.data.latent_cache`). A cache built by another VAE or data config is refused.
   3. DiT: v-prediction loss on normalized latents z = (mean + std * eps - shift) / scale, guidance dropout of the
      class / caption, an EMA of the weights, and joint image + video training (the first `data.image_first` batches
-     and every `data.image_every`-th batch are 1-frame latents). Samples for `config.sampling.prompts` are written to `workdir/samples/`; the last evaluation
-     also measures prompt-following on seen and held-out combinations (`workdir/eval.json`).
+     and every `data.image_every`-th batch are 1-frame latents). Samples for `config.sampling.prompts` are written to
+     `workdir/samples/`; the last evaluation also measures prompt-following on seen and held-out combinations
+     (`workdir/eval.json`).
 
 Conditioning (`config.conditioning`): "text" (captions through `SmallTextEncoder`, cross-attention), "class"
 (class id = color x shape x direction of the embedded data) or "none".
@@ -111,9 +112,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                                                 f"{s.sampler!r}")
   require(1 <= s.steps <= 1000, "sampling.steps", f"must be in [1, 1000], got {s.steps}")
   require(s.guidance >= 0, "sampling.guidance", f"must be >= 0, got {s.guidance}")
-  interval = tuple(s.get("guidance_interval", (0.0, 1.0)))
-  require(len(interval) == 2 and 0.0 <= interval[0] <= interval[1] <= 1.0, "sampling.guidance_interval",
-          f"must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1, got {interval!r}")
+  try:
+    diffusion.check_interval(s.get("guidance_interval", (0.0, 1.0)), "sampling.guidance_interval")
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
   require(len(s.prompts) >= 1, "sampling.prompts", "must list at least one prompt to sample during training")
 
 
