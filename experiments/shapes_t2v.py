@@ -40,30 +40,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "dit"
   config.seed = 0
-  # Token size is what this DiT needs most. With 2x2-latent patches (one token = 16x16 pixels, width 128) held-out
-  # clips had all three attributes right 32-36% of the time after 3000 steps (39% after 4500), with circles and
-  # squares drawn as the same blobs. One token per latent pixel (8x8 pixels) at width 64 takes about as long per run
-  # and, after 2000 steps on the default VAE's latents, gets 50% held-out / 46% seen against 32% / 36% for the
-  # 3000-step patch-2 model (circles read right 18/24 instead of about 2/24; squares still 0/36).
-  # A 4x-space VAE stage keeps squares (30.1 dB; `vae.spatial_downsample=4`, 4 or 8 latent channels) but this DiT,
-  # on the same 5x8x8 token grid (2x2-latent patches), then draws fragmented blobs that do not move: 7-11% all three,
-  # direction at chance (25-30%), color still 100%. The grid and patch below follow the VAE stage's factors.
-  # Self-conditioning (`--config.dit.self_condition=True`, p = 0.5) on a 3800-step VAE (29.8 dB): 42.9% seen / 53.6%
-  # held-out against 48.2% / 46.4% without, squares 0/36 either way, 1.3x the step time: not the default.
-  # The DiT, not the VAE, is what misses squares: it draws the same blob for "square" and "circle" from the same noise
-  # (mean fill ratios 0.80-0.82 for both), on latents of a VAE whose reconstructions read back 28/37 squares as on
-  # ones reading back 9/20 or 1/37. 4000 steps at batch 16 (same clips, same time): 32% / 32%. An image-only model
-  # (1-frame latents, 3000 steps) is where the two start to differ (mean fill 0.82 vs 0.77). Yet in this joint model
-  # every 2nd batch images (`data.image_every=2`, 2400 steps, same time) scored 37.5% / 46.4%, squares still 0.
-  # Session 15, all on one VAE and cache (default run: 53.6% seen / 57.1% held-out, squares 0/36): guidance only at
-  # high noise (`sampling.guidance_interval`, 4 on [0.5, 1] or [0.7, 1], 8 on [0.7, 1]), guidance 1 or 2: squares 0
-  # every time. Min-SNR-5 weighting: 42.9% / 42.9%. An image phase first (`data.image_first=1000`, then 1500 joint
-  # steps, same time): 46.4% / 28.6%. Learning rate 2e-3: 41.1% / 42.9%. Batch 64 for 1000 steps: 44.6% / 46.4%.
-  # Depth 8 for 1000 steps (same time) on a larger-shape VAE that keeps squares: squares 0/36, directions 34-39%.
-  # The "square" and "circle" samples are the same rounded blob. This VAE stage (28.3 dB) itself keeps few squares:
-  # its reconstructions read back 4/20 validation and 8/19 held-out squares (`python -m vidgen.benchmarks.vae`), and
-  # squares renoised to t = 0.2 come back square 0/12 times (1/12 with guidance 1; `vidgen.benchmarks.renoise`).
-  config.total_steps = 2000
+  # What mattered (held-out combinations, all three attributes right, one VAE + cache per comparison):
+  # - Token size. 2x2-latent patches (one token = 16x16 pixels, width 128): 32-36% after 3000 steps. One token per
+  #   latent pixel (8x8 pixels) at width 64, same time: 50%. A 4x-space VAE stage (30.1 dB) with 2x2-latent patches
+  #   (the same 5x8x8 token grid): 7-11%, fragmented blobs that do not move.
+  # - Square geometry. Squares used to have half-side 0.85 r, within about a pixel of the circle of radius r at
+  #   64x64; every model drew one rounded blob for both and read back 0/36 squares, whatever else changed:
+  #   self-conditioning, min-SNR-5 weighting, an image phase, more images, guidance scale and interval, learning
+  #   rate 2e-3, batch 64, depth 8, a VAE of 30.3 dB, a depthwise 3x3 conv in the MLP (`dit.mlp_conv=3`: lower
+  #   loss, 0.35 against 0.42, but directions at chance and frames that jump). With half-side r (vidgen.data.shapes)
+  #   and shapes of 0.14-0.25 of the frame (the VAE stage below) the squares come out, slightly tilted and
+  #   skewed, which the reader now allows for: 98.2% seen / 100% held-out after these 1800 steps, 93.5% / 98.8% on
+  #   12 clips per combination (`eval.seed=99`); 2000 steps: 98.5% / 98.8% on those. With the old sizes (0.09-0.2)
+  #   squares and circles still blur together: 62.5% / 60.7% after 2000 steps.
+  # - Not the VAE's PSNR beyond ~28 dB: on a 30.3 dB VAE the old-geometry DiT scored no better (42.9% / 53.6%).
+  config.total_steps = 1800
   config.batch_size = 32
   config.grad_accum_steps = 1      # split each batch into this many micro-batches (same result, less memory)
   config.log_every = 50
@@ -83,6 +74,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # to the DiT.
     vae_stage.total_steps = 2400
     vae_stage.checkpoint_every = vae_stage.sample_every = 1200
+    # Larger shapes than shapes_vae's 0.09-0.2 of the frame: at 0.14-0.25 the DiT draws squares and circles apart
+    # (above). Measured before the squares were enlarged, the larger shapes' latents already kept squares through
+    # noise (0.3 of the latent scale added before decoding: 7/12 read back square), the small shapes' not even
+    # without noise (1/12).
+    vae_stage.data.min_radius, vae_stage.data.max_radius = 0.14, 0.25
   config.data = ml_collections.ConfigDict(dict(
       name="shapes", num_frames=17, height=64, width=64, held_out=vae_stage.data.held_out, seed=0,
       min_radius=vae_stage.data.min_radius, max_radius=vae_stage.data.max_radius, max_speed=vae_stage.data.max_speed,

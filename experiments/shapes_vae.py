@@ -5,12 +5,13 @@
 
 Arguments (comma separated): `runlocal` (tiny and fast), `channels16` (16 latent channels instead of 8).
 
-The default reaches 30.4 dB eval PSNR (8 validation clips x 17 frames) in 4m59.6s on a 2-core Intel Xeon VM with
-AVX-512 (18.2 steps/s); on 96 validation clips it is 29.9 dB, on 96 clips of the held-out combinations 29.3 dB. CPUs
-differ by more than 2x: a 2-core AMD EPYC VM runs the same steps 1.5-2x slower, one without AVX-512 about 4x slower.
-Its reconstructions keep the shapes: the prompt-following analyzer reads back 31/31 circles, 29/37 squares and 28/28
-triangles of the validation clips (the earlier 1700-step default with (32, 64, 128) channels: 27.2 dB and 1/37
-squares, their corners rounded to the fill ratio of a circle). What limits is the spatial path (edges and corners):
+The default reaches 30.2 dB eval PSNR (8 validation clips x 17 frames) in 4m53s on a 2-core AMD EPYC VM with
+AVX-512 (18.6 steps/s); on 96 validation clips it is 29.6 dB, on 96 clips of the held-out combinations 28.8 dB. (Before
+squares were drawn as large as the circles' bounding box: 30.4 dB in 4m59.6s on an Intel Xeon VM with AVX-512.) CPUs
+differ by more than 2x: another EPYC VM runs the same steps 1.5-2x slower, one without AVX-512 about 4x slower.
+Its reconstructions keep the shapes: the prompt-following analyzer reads back 31/31 circles, 36/37 squares and 28/28
+triangles of the validation clips (with the earlier, smaller squares: 29/37; the earlier 1700-step default with
+(32, 64, 128) channels 1/37). What limits is the spatial path (edges and corners):
 frame 0, encoded alone, is only ~1 dB better than the frames after it.
 `python -m vidgen.benchmarks.vae --workdir DIR --clips 96` prints these numbers for a finished run.
 """

@@ -121,7 +121,7 @@ def test_outputs_exactly_zero_at_init(config):
   np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
-@pytest.mark.parametrize("config", [SMALL, tiny()], ids=["adaln", "adaln_lora_text"])
+@pytest.mark.parametrize("config", [SMALL, tiny(mlp_conv=3)], ids=["adaln", "adaln_lora_text_conv_mlp"])
 def test_every_block_is_identity_at_init(config):
   lora = config.adaln_lora_rank
   model = build(config)
@@ -209,7 +209,8 @@ def test_scan_equals_unrolled_and_remat_is_transparent():
 
 
 def test_spatial_layers_do_not_mix_frames():
-  config = tiny(attention_pattern=("spatial",), depth=2, input_size=(3, 4, 4), window=(1, 1, 1))
+  # Conv MLPs included: their convolution runs within each frame.
+  config = tiny(attention_pattern=("spatial",), depth=2, input_size=(3, 4, 4), window=(1, 1, 1), mlp_conv=3)
   model = random_model(config)
   apply, params = pure(model)
   z, t, cond = inputs(config)
@@ -347,6 +348,7 @@ def test_decode_variant():
         (dict(dtype="float64"), "dit.dtype"),
         (dict(pos_embedding="rope"), "dit.pos_embedding"),
         (dict(widht=64), "dit.widht"),
+        (dict(mlp_conv=2), "dit.mlp_conv"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):

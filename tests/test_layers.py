@@ -105,3 +105,53 @@ def test_patch_discriminator_equals_its_3d_convolution_definition():
   logits = disc(video)
   assert logits.shape == (2, 5, 4, 4)
   np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
+
+
+def _mlp_pair():
+  """A plain Mlp and a conv Mlp (3x3) sharing fc1 / fc2 weights."""
+  from vidgen.layers.mlp import Mlp
+
+  plain = Mlp(8, 16, rngs=nnx.Rngs(0))
+  conv = Mlp(8, 16, conv_kernel=3, rngs=nnx.Rngs(1))
+  conv.fc1, conv.fc2 = plain.fc1, plain.fc2
+  return plain, conv
+
+
+def test_conv_mlp_is_the_plain_mlp_at_init():
+  plain, conv = _mlp_pair()
+  grid = (2, 4, 5)
+  x = jax.random.normal(jax.random.key(0), (3, 40, 8))
+  np.testing.assert_allclose(conv(x, grid), plain(x), rtol=1e-6, atol=1e-6)
+
+
+def test_conv_mlp_equals_shifted_sum_reference_and_stays_in_its_frame():
+  plain, conv = _mlp_pair()
+  rng = np.random.default_rng(0)
+  conv.conv_weight[...] = jnp.asarray(rng.standard_normal((3, 3, 8)), jnp.float32)
+  conv.conv_bias[...] = jnp.asarray(rng.standard_normal(8), jnp.float32)
+  grid = (2, 4, 5)
+  x = jax.random.normal(jax.random.key(0), (3, 40, 8))
+  # Reference: zero-padded shifts of the input, one weight vector per offset, per frame, then the plain MLP.
+  padded = np.pad(np.asarray(x).reshape(3, *grid, 8), ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+  kernel = np.asarray(conv.conv_weight[...])
+  mixed = sum(padded[:, :, dy:dy + 4, dx:dx + 5] * kernel[dy, dx] for dy in range(3) for dx in range(3))
+  mixed = mixed + np.asarray(conv.conv_bias[...])
+  reference = plain(jnp.asarray(mixed.reshape(3, 40, 8)))
+  np.testing.assert_allclose(conv(x, grid), reference, rtol=1e-5, atol=1e-5)
+  # A token reaches its 3x3 neighbourhood in its own frame and nothing else.
+  y = np.asarray(conv(x, grid)).reshape(3, *grid, 8)
+  y2 = np.asarray(conv(x.at[:, 5 * 1 + 2].add(1.0), grid)).reshape(3, *grid, 8)  # frame 0, row 1, column 2
+  changed = np.abs(y2 - y).max(axis=(0, 4)) > 0
+  expected = np.zeros(grid, bool)
+  expected[0, 0:3, 1:4] = True
+  np.testing.assert_array_equal(changed, expected)
+
+
+def test_conv_mlp_errors():
+  from vidgen.layers.mlp import Mlp
+
+  with pytest.raises(ValueError, match="odd"):
+    Mlp(8, 16, conv_kernel=2, rngs=nnx.Rngs(0))
+  _, conv = _mlp_pair()
+  with pytest.raises(ValueError, match="token grid"):
+    conv(jnp.zeros((1, 40, 8)), (2, 4, 4))

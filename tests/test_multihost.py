@@ -22,7 +22,9 @@ from vidgen.train.preemption import PREEMPTED_EXIT_CODE
 from vidgen.train.vae_trainer import VAETrainer
 
 FIELDS = {**cli_runs.STEADY_FIELDS, "batch_size": 8, "total_steps": 3, "checkpoint_every": 2}
-RTOL = 1e-5
+# Float32 noise from per-device batch sizes (the CPU conv kernels and reduction order differ between 1 and 8 examples
+# per device) reaches ~1.1e-5 relative on the first step's loss; a sharding mistake shows up orders of magnitude above.
+RTOL = 3e-5
 
 
 def _mesh_flags(data=1, fsdp=1, tensor=1):

@@ -1,4 +1,7 @@
-"""Prompt-following reader: ground-truth clips read back exactly, degraded clips nearly so, edge cases and aggregation."""
+"""Prompt-following reader: ground-truth clips read back exactly, degraded and tilted ones nearly so, edge cases,
+aggregation."""
+
+import importlib
 
 import numpy as np
 import pytest
@@ -6,6 +9,8 @@ from scipy import ndimage
 
 from vidgen.data.shapes import COLORS, DIRECTIONS, SHAPES, ShapesDataset, caption, render
 from vidgen.metrics import ClipAttributes, analyze_clip, prompt_following
+
+pf = importlib.import_module("vidgen.metrics.prompt_following")  # the module (the package exports the function)
 
 # held_out needs at least one combination; the same list keeps train/validation/held_out disjoint.
 HELD_OUT = ("red circle left", "blue square up", "white triangle right", "cyan circle down", "yellow square left")
@@ -73,6 +78,34 @@ def test_reversed_clip_flips_direction(shape):
     forward, backward = analyze_clip(video), analyze_clip(video[::-1])
     assert forward == ClipAttributes("magenta", shape, direction)
     assert backward == ClipAttributes("magenta", shape, OPPOSITE[direction])
+
+
+def _warp(video, degrees, stretch=1.0):
+  """Every frame rotated by `degrees` and stretched along x by `stretch`, about the frame centre."""
+  a = np.deg2rad(degrees)
+  matrix = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.diag([1.0, 1.0 / stretch])
+  centre = (np.asarray(video.shape[1:3]) - 1) / 2
+  offset = centre - matrix @ centre
+  out = [[ndimage.affine_transform(frame[..., c].astype(np.float64), matrix, offset=offset, order=1)
+          for c in range(3)] for frame in video]
+  return np.clip(np.round(np.moveaxis(np.asarray(out), 1, -1)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("degrees", [-35.0, -20.0, 10.0, 25.0])
+def test_tilted_and_stretched_shapes_keep_their_names(degrees):
+  rng = np.random.default_rng(int(degrees) + 100)
+  for shape in SHAPES:
+    video = render("yellow", shape, "right", num_frames=9, height=64, width=64, radius=10.0, speed=1.5,
+                   start=(32.0, 26.0))
+    for warped in (_warp(video, degrees), _degrade(_warp(video, degrees), rng)):
+      assert analyze_clip(warped) == ClipAttributes("yellow", shape, "right"), (shape, degrees)
+    if shape == "square":  # tilted, a square no longer fills its box: only its four-fold symmetry tells it apart
+      fills = [r.fill for r in map(pf._read_frame, _warp(video, degrees)) if r is not None]
+      assert np.median(fills) < pf._SQUARE_MIN_FILL
+  # A circle drawn 15% wider than high, at any tilt, is still a circle, not a square.
+  circle = render("yellow", "circle", "right", num_frames=9, height=64, width=64, radius=10.0, speed=1.5,
+                  start=(32.0, 26.0))
+  assert analyze_clip(_warp(circle, degrees, stretch=1.15)).shape == "circle"
 
 
 def test_static_and_single_frame_clips_have_no_direction():

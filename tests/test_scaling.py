@@ -48,9 +48,10 @@ def _xla_flops(config, latent_shape, text_len=0):
     [
         # DiT-style image model: full attention, class labels, per-block adaLN.
         ("S/2", dict(depth=2, width=128, num_heads=4, input_size=(1, 16, 16), num_classes=10), (1, 16, 16, 4), 0),
-        # W.A.L.T-style video model: spatial + spatiotemporal windows, AdaLN-LoRA, qk-norm, text cross-attention.
+        # W.A.L.T-style video model: spatial + spatiotemporal windows, AdaLN-LoRA, qk-norm, text cross-attention,
+        # conv MLPs.
         ("WALT-L", dict(depth=2, width=128, num_heads=4, input_size=(4, 8, 8), in_channels=4, window=(2, 4, 4),
-                        text_dim=32), (4, 8, 8, 4), 8),
+                        text_dim=32, mlp_conv=3), (4, 8, 8, 4), 8),
     ],
 )
 def test_matches_xla_cost_analysis(variant, overrides, latent_shape, text_len):

@@ -1,10 +1,10 @@
 """Evaluation of a trained DiT run on the embedded data: sample videos, prompt-following, VAE reconstruction.
 
 Prompt-following generates clips for captions and reads them back with the deterministic analyzer in
-`vidgen.metrics.prompt_following` (dominant color, shape by fill ratio, direction of motion); a clip counts only when
-all three attributes are right. It is reported separately for combinations seen in training and for the held-out
-ones (`config.data.held_out`), which the model only knows through their words. Used by the DiT trainer at its last
-step and by `vidgen eval`.
+`vidgen.metrics.prompt_following` (dominant color, shape by symmetry and fill ratio, direction of motion); a clip
+counts only when all three attributes are right. It is reported separately for combinations seen in training and for
+the held-out ones (`config.data.held_out`), which the model only knows through their words. Used by the DiT trainer at
+its last step and by `vidgen eval`.
 """
 
 from __future__ import annotations

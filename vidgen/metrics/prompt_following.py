@@ -11,15 +11,19 @@ robustly (median, MAD), and the foreground is the largest connected blob above h
 without a clear blob are skipped. Over the clip:
   color      the foreground-weighted mean color above background, normalized by its largest channel (so brightness
              drops out), nearest of the 7 on/off channel patterns.
-  shape      per-frame fill ratio (area / bounding-box area, both soft: circle pi/4, square 1, triangle 1/2) and
-             three-fold symmetry (normalized third-order complex moment, 0 for circles and squares, ~0.8 for the
-             triangle), medians over frames. Triangles are called by symmetry, because it survives blur: blurring
-             adds a rotation-invariant spread that leaves central third-order moments unchanged, whereas blur on a
-             small triangle pushes its fill ratio into the circles' range. Circle vs square is decided by the fill
-             ratio, which a separable blur (Gaussian) keeps near 1 for a square.
+  shape      per-frame fill ratio (area / bounding-box area, both soft: circle pi/4, square 1, triangle 1/2) and the
+             three- and four-fold symmetries (normalized third- and fourth-order complex moments: 0 and 0 for a
+             circle, 0 and 0.6 for a square at any rotation, ~0.8 and ~0 for the triangle), medians over frames.
+             The moments carry the decision because they survive blur (an isotropic blur adds nothing to the central
+             third- and fourth-order complex moments, only to the spread that normalizes them) and rotation, whereas
+             blur pushes a small triangle's fill ratio into the circles' range and a tilted or skewed square, as
+             generators draw them, loses its fill ratio. A triangle is a clip whose three-fold symmetry is clear and
+             stronger than its four-fold one; a square one with at least half a perfect square's four-fold symmetry,
+             or that fills its bounding box; what is left is a circle, or a triangle when it fills its box as little
+             as no circle does.
   direction  least-squares slope of the foreground centroid's x and y against frame index; the axis that moves more and
              its sign, or "none" when the whole clip travels less than a small fraction of the frame.
-The thresholds were set from rendered clips (clean and degraded) at several sizes; see the constants below.
+The thresholds were set from rendered clips (clean, degraded, warped) at several sizes; see the constants below.
 """
 
 from __future__ import annotations
@@ -47,16 +51,22 @@ _FOREGROUND_LEVEL = 0.5
 # The fill ratio and moments are measured on the blob grown by this many pixels, to keep the blurred rim and its mass.
 _SUPPORT_GROW = 2
 # Shape decision thresholds, set from per-clip medians measured on 1,000 rendered clips per condition (200 each at
-# 64x64 with 17 and 5 frames, 48x64 with 9, 32x32 with 17 and 5), clean and degraded (Gaussian blur sigma 1 px, 15%
-# desaturation, brightness x0.7, noise std 8):
-#                 fill clean    fill degraded   symmetry3 clean   symmetry3 degraded
-#   circle        0.787-0.822   0.769-0.880     0.000-0.025       0.002-0.041
-#   square        1.000-1.018   0.933-0.981     0.000-0.021       0.001-0.066
-#   triangle      0.539-0.757   0.591-0.903     0.628-0.792       0.247-0.745
-# Symmetry splits triangles from the rest with a wide gap (0.066 .. 0.247), cut near its middle; the fill ratio does not
-# (small blurred triangles reach 0.9), so it only adds "clearly below any circle" as a second way to be a triangle.
-# Circle vs square is cut in the middle of the degraded gap (0.880 .. 0.933); clean clips have 0.82 .. 1.0.
+# 64x64 with 17 and 5 frames, 48x64 with 9, 32x32 with 17 and 5): clean; degraded (Gaussian blur sigma 1 px, 15%
+# desaturation, brightness x0.7, noise std 8); warped (each clip rotated up to 10 degrees, sheared up to 0.1 and
+# stretched up to 10% along one axis, as generated shapes come out); warped and degraded.
+#              fill clean  fill all     symmetry3 clean  symmetry3 all    symmetry4 clean  symmetry4 all
+#   circle     0.787-0.822 0.775-0.905  0.000-0.025      0.000-0.045      0.001-0.034      0.001-0.139
+#   square     1.000-1.014 0.738-1.014  0.000-0.013      0.000-0.069      0.499-0.596      0.106-0.611
+#   triangle   0.537-0.757 0.508-0.918  0.628-0.792      0.224-0.792      0.002-0.153      0.002-0.226
+# ("all": the range over the four conditions.) Symmetry3 splits triangles from the rest with a wide gap
+# (0.069 .. 0.224), cut near its middle, and a triangle's exceeds its symmetry4 by at least 0.06 in every clip. A
+# square has either a high fill ratio (axis-aligned: >= 0.922 degraded) or a high symmetry4 (tilted: >= 0.355
+# warped); only small, blurred and warped squares have neither (8/320 misread as circles). Circles stay below 0.14;
+# the square cut sits at half a perfect square's 0.6, because generated circles are lumpier than any rendered one
+# (symmetry4 up to 0.27 on a trained model's samples, its squares from 0.31). The fill ratio alone flagged triangles
+# before the moments did; it now only catches what no circle fills so little of its box.
 _TRIANGLE_MIN_SYMMETRY = 0.15
+_SQUARE_MIN_SYMMETRY = 0.3
 _TRIANGLE_MAX_FILL = 0.70
 _SQUARE_MIN_FILL = 0.905
 # Motion below this fraction of the frame's shorter side over the whole clip counts as no motion. Measured with the
@@ -81,6 +91,7 @@ class _FrameReading:
   centroid: tuple[float, float]  # (y, x) in pixels, foreground-weighted
   fill: float  # soft area / soft bounding-box area
   symmetry3: float  # |E[z^3]| / E[|z|^2]^1.5 with z = (x - cx) + i (y - cy), foreground-weighted
+  symmetry4: float  # |E[z^4]| / E[|z|^2]^2
   color_sum: np.ndarray  # [3] foreground-weighted sum of color above the per-channel background
   weight: float  # the sum of the weights in color_sum
 
@@ -117,12 +128,13 @@ def _read_frame(frame: np.ndarray) -> _FrameReading | None:
   z = (xx - cx) + 1j * (yy - cy)
   spread = (p * np.abs(z) ** 2).sum()
   symmetry3 = float(np.abs((p * z ** 3).sum()) / max(spread, 1e-12) ** 1.5)
+  symmetry4 = float(np.abs((p * z ** 4).sum()) / max(spread, 1e-12) ** 2)
 
   # Color from the blob only (not its rim), weighted by brightness, so the saturated interior dominates.
   channel_background = np.median(rgb.reshape(-1, 3), axis=0)
   color_weights = np.where(blob, weights, 0.0)
   color_sum = np.tensordot(color_weights, rgb - channel_background, axes=([0, 1], [0, 1]))
-  return _FrameReading((cy, cx), float(fill), symmetry3, color_sum, float(color_weights.sum()))
+  return _FrameReading((cy, cx), float(fill), symmetry3, symmetry4, color_sum, float(color_weights.sum()))
 
 
 def _check_video(video) -> np.ndarray:
@@ -148,11 +160,13 @@ def _color_name(readings: Sequence[_FrameReading]) -> str:
 
 
 def _shape_name(readings: Sequence[_FrameReading]) -> str:
-  fill = float(np.median([r.fill for r in readings]))
-  symmetry3 = float(np.median([r.symmetry3 for r in readings]))
-  if symmetry3 >= _TRIANGLE_MIN_SYMMETRY or fill < _TRIANGLE_MAX_FILL:
+  fill, symmetry3, symmetry4 = (float(np.median([getattr(r, k) for r in readings]))
+                                for k in ("fill", "symmetry3", "symmetry4"))
+  if symmetry3 >= _TRIANGLE_MIN_SYMMETRY and symmetry3 > symmetry4:
     return "triangle"
-  return "square" if fill >= _SQUARE_MIN_FILL else "circle"
+  if symmetry4 >= _SQUARE_MIN_SYMMETRY or fill >= _SQUARE_MIN_FILL:
+    return "square"
+  return "triangle" if fill < _TRIANGLE_MAX_FILL else "circle"
 
 
 def _direction_name(times: np.ndarray, centroids: np.ndarray, num_frames: int, side: int) -> str:

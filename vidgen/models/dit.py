@@ -78,6 +78,7 @@ def _base_config() -> ml_collections.ConfigDict:
   c.depth = 28
   c.num_heads = 16
   c.mlp_ratio = 4.0
+  c.mlp_conv = 0                      # k > 0: k x k depthwise conv per frame on every MLP input; 0 = off.
   c.attention_pattern = ("spatial", "spatiotemporal")   # Repeated over depth; entries in ATTENTION_KINDS.
   c.window = (5, 8, 8)                # Spatiotemporal window in tokens (wt, wh, ww), clamped to the token grid.
   c.qk_norm = True
@@ -169,6 +170,7 @@ class DiTSpec:
   depth: int
   num_heads: int
   mlp_ratio: float
+  mlp_conv: int
   attention_pattern: tuple[str, ...]
   window: tuple[int, int, int]
   qk_norm: bool
@@ -266,6 +268,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
     integer(name, 1)
   for name in ("out_channels", "num_classes", "text_dim", "task_channels", "adaln_lora_rank"):
     integer(name, 0)
+  mlp_conv = integer("mlp_conv", 0)
+  require(mlp_conv == 0 or mlp_conv % 2 == 1, "dit.mlp_conv", f"must be 0 (off) or odd (3, 5, ...), got {mlp_conv}")
   width, heads, depth = integer("width", 1), integer("num_heads", 1), integer("depth", 1)
   require(width % heads == 0, "dit.num_heads", f"{heads} must divide dit.width {width}")
   require(float(get("mlp_ratio")) > 0, "dit.mlp_ratio", f"must be positive, got {get('mlp_ratio')!r}")
@@ -378,7 +382,7 @@ class DiTBlock(nnx.Module):
     if spec.text_dim:
       self.cross = CrossAttention(d, spec.num_heads, qk_norm=spec.qk_norm, backend=spec.attention_backend,
                                   dtype=dtype, param_dtype=pdtype, rngs=rngs)
-    self.mlp = Mlp(d, spec.mlp_hidden, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    self.mlp = Mlp(d, spec.mlp_hidden, conv_kernel=spec.mlp_conv, dtype=dtype, param_dtype=pdtype, rngs=rngs)
     zeros = nnx.initializers.zeros_init()
     self.lora_rank = spec.adaln_lora_rank
     if self.lora_rank:
@@ -406,7 +410,7 @@ class DiTBlock(nnx.Module):
     x = x + (gate1[:, None, :] * h).astype(x.dtype)
     if self.cross is not None:
       x = x + self.cross(_layer_norm(x).astype(self.dtype), context, context_mask).astype(x.dtype)
-    h = self.mlp(_modulate(x, shift2, scale2, self.dtype))
+    h = self.mlp(_modulate(x, shift2, scale2, self.dtype), grid)
     x = x + (gate2[:, None, :] * h).astype(x.dtype)
     return constrain(x, _RESIDUAL)
 

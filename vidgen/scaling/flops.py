@@ -63,6 +63,7 @@ def forward_macs(model_config: Mapping[str, Any] | DiTSpec, latent_shape: Sequen
       macs += 2 * n * d * d + 2 * text * d * d                    # Cross-attention q, out; k, v of the caption.
       macs += 2 * n * text * d                                    # Cross-attention QK^T and AV.
     macs += 2 * n * d * spec.mlp_hidden                           # MLP.
+    macs += n * spec.mlp_conv ** 2 * d                            # Its depthwise conv (0 when off).
   macs += d * 2 * d + n * d * patch * spec.out_channels           # Final adaLN and projection.
   return int(macs)
 
@@ -77,8 +78,8 @@ def forward_flops(model_config: Mapping[str, Any] | DiTSpec, latent_shape: Seque
 
   Returns:
     FLOPs as an int: patch embedding, timestep MLP, caption projection, adaLN (or AdaLN-LoRA), per block the
-    qkv/out projections, attention scores and weighted sums within each window, cross-attention, the MLP, and the
-    final layer.
+    qkv/out projections, attention scores and weighted sums within each window, cross-attention, the MLP (and its
+    depthwise conv), and the final layer.
   """
   return 2 * forward_macs(model_config, latent_shape, text_len)
 
