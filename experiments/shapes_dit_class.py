@@ -8,6 +8,12 @@ The same run as experiments/shapes_t2v.py (VAE stage, latent cache, joint image 
 guidance dropout, EMA, samples and the prompt-following eval) with a class embedding in place of captions: the
 DiT paper's setting on video. Sampling takes captions too; a caption of the embedded data names its class.
 
+Measured on the main job's VAE and latent cache (1800 steps at 3.8 steps/s, eval as in shapes_t2v): colors follow
+the class (98% of seen clips) but shapes (45%) and directions (27%, chance) do not, all three 14% seen / 7% held-out
+(held-out classes have untrained embeddings), and the samples hardly move; guidance 1, 4 and 8 change nothing. With
+the class entering only through adaLN's global modulation, this width-64 DiT learns the global attribute and not the
+spatial and temporal ones; the caption model, which gets the same words through cross-attention, scores 98%.
+
 Arguments (comma separated): `runlocal` (tiny and fast).
 """
 
