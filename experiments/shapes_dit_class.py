@@ -10,9 +10,11 @@ DiT paper's setting on video. Sampling takes captions too; a caption of the embe
 
 Measured on the main job's VAE and latent cache (1800 steps at 3.8 steps/s, eval as in shapes_t2v): colors follow
 the class (98% of seen clips) but shapes (45%) and directions (27%, chance) do not, all three 14% seen / 7% held-out
-(held-out classes have untrained embeddings), and the samples hardly move; guidance 1, 4 and 8 change nothing. With
-the class entering only through adaLN's global modulation, this width-64 DiT learns the global attribute and not the
-spatial and temporal ones; the caption model, which gets the same words through cross-attention, scores 98%.
+(held-out classes have untrained embeddings), and the samples hardly move; guidance 1, 4 and 8 change nothing. Giving
+the class embedding to cross-attention as a one-token context as well (a prototype) lowered the loss (0.36 against
+0.44) but not the errors (12.5% seen, directions 20%), so the adaLN path is not what limits. Each class embedding
+learns from 1/77 of the clips, where the caption model (98% seen) shares each word across 21-28 classes: color, the
+loudest part of the loss, is learned first, shape and motion not within these steps.
 
 Arguments (comma separated): `runlocal` (tiny and fast).
 """
