@@ -19,7 +19,7 @@ import os
 import ml_collections
 
 from vidgen.config import load_config_file, parse_arg
-from vidgen.data.shapes import NUM_CLASSES
+from vidgen.data.shapes import CLASS_FACTORS, NUM_CLASSES
 from vidgen.models.dit import dit_config
 from vidgen.models.text import shapes_tokenizer, small_text_config
 from vidgen.parallel import DEFAULT_RULES
@@ -95,7 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       input_size=latent, in_channels=vae_stage.vae.latent_channels, patch_size=(1, 8 // fs, 8 // fs), width=64, depth=4,
       num_heads=2, attention_pattern=("spatial", "spatiotemporal"), window=(5, 4, 4), qk_norm=True,
       adaln_lora_rank=0, pos_embedding="learned", pooled_text=not args["class"],
-      num_classes=NUM_CLASSES if args["class"] else 0,
+      num_classes=NUM_CLASSES if args["class"] else 0, class_factors=CLASS_FACTORS if args["class"] else (),
+      class_tokens=args["class"],
       text_dim=0 if args["class"] else config.text.width)
   # Two super-blocks, unrolled rather than scanned (same weights and results; no per-iteration parameter slicing or
   # stacking of saved activations): the training step ran 14% faster on a 2-core CPU and compiled no slower. Deep

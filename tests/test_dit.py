@@ -14,6 +14,16 @@ import pytest
 from flax import nnx
 
 from vidgen.config import ConfigError
+from vidgen.data.shapes import (
+    CLASS_FACTORS,
+    COLOR_NAMES,
+    DIRECTION_NAMES,
+    NUM_CLASSES,
+    SHAPES,
+    class_attributes,
+    class_id,
+)
+from vidgen.layers.embeddings import LabelEmbedder
 from vidgen.models.dit import (
     Conditioning,
     VideoDiT,
@@ -299,13 +309,15 @@ def test_bfloat16_compute():
 
 
 def test_every_parameter_has_logical_axes():
-  model = nnx.eval_shape(lambda: VideoDiT(tiny(), rngs=nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  variables = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  assert variables
-  for var in variables:
-    names = var.get_metadata().get("out_sharding")
-    assert names is not None and len(names) == len(var.shape), (var.shape, names)
+  class_model = tiny(text_dim=0, num_classes=NUM_CLASSES, class_factors=CLASS_FACTORS, class_tokens=True)
+  for config in (tiny(), class_model):
+    model = nnx.eval_shape(lambda: VideoDiT(config, rngs=nnx.Rngs(0)))  # noqa: B023
+    params = nnx.state(model, nnx.Param)
+    variables = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert variables
+    for var in variables:
+      names = var.get_metadata().get("out_sharding")
+      assert names is not None and len(names) == len(var.shape), (var.shape, names)
   # Stacked blocks carry the "layers" axis first.
   qkv = model.blocks.layers[0].attn.qkv.kernel
   assert qkv.get_metadata()["out_sharding"][0] == "layers"
@@ -349,6 +361,9 @@ def test_decode_variant():
         (dict(pos_embedding="rope"), "dit.pos_embedding"),
         (dict(widht=64), "dit.widht"),
         (dict(mlp_conv=2), "dit.mlp_conv"),
+        (dict(class_factors=(3, 3)), "dit.class_factors"),
+        (dict(num_classes=0, class_factors=(1,)), "dit.class_factors"),
+        (dict(class_tokens=True), "dit.class_tokens"),  # tiny() has captions too
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
@@ -420,3 +435,88 @@ def test_pooled_text_conditions_through_adaln_and_ignores_padding():
       text=None, text_mask=None))), rtol=1e-5, atol=1e-5)
   with pytest.raises(ConfigError, match="dit.pooled_text"):
     tiny(pooled_text=True, text_dim=0)
+
+
+def test_factored_labels_sum_one_row_per_attribute():
+  """class_factors reads a shapes class id as (color, shape, direction) digits and sums one row per attribute: the
+  embedding of any class, including a combination held out of training, is determined by its attributes' rows."""
+  embed = LabelEmbedder(NUM_CLASSES, 8, factors=CLASS_FACTORS, rngs=nnx.Rngs(0))
+  assert embed.table.embedding.shape == (sum(f + 1 for f in CLASS_FACTORS), 8)
+  ids = np.arange(NUM_CLASSES)
+  rows = np.asarray(embed.rows(jnp.asarray(ids)))
+  colors, shapes, directions = zip(*(class_attributes(int(i)) for i in ids))
+  nc, ns, _ = CLASS_FACTORS
+  np.testing.assert_array_equal(rows[:, 0], [COLOR_NAMES.index(c) for c in colors])
+  np.testing.assert_array_equal(rows[:, 1], [nc + 1 + SHAPES.index(s) for s in shapes])
+  np.testing.assert_array_equal(rows[:, 2], [nc + ns + 2 + DIRECTION_NAMES.index(d) for d in directions])
+  # The null label takes every factor's null row.
+  np.testing.assert_array_equal(np.asarray(embed.rows(jnp.array([NUM_CLASSES]))), [[nc, nc + ns + 1, nc + ns + 6]])
+  e = np.asarray(embed(jnp.asarray(ids)))
+  # Additivity: red circle left - red circle right == blue square left - blue square right.
+  a = lambda *attrs: e[class_id(*attrs)]  # noqa: E731
+  np.testing.assert_allclose(a("red", "circle", "left") - a("red", "circle", "right"),
+                             a("blue", "square", "left") - a("blue", "square", "right"), atol=1e-6)
+  assert np.abs(a("red", "circle", "left") - a("red", "circle", "right")).max() > 1e-3
+  # No factors: one row per class plus the null row, each label its own row.
+  plain = LabelEmbedder(NUM_CLASSES, 8, rngs=nnx.Rngs(0))
+  assert plain.table.embedding.shape == (NUM_CLASSES + 1, 8)
+  labels = jnp.array([0, 5, NUM_CLASSES])
+  np.testing.assert_array_equal(np.asarray(plain(labels)), np.asarray(plain.table.embedding[...])[[0, 5, NUM_CLASSES]])
+  with pytest.raises(ValueError, match="product"):
+    LabelEmbedder(NUM_CLASSES, 8, factors=(7, 3, 3), rngs=nnx.Rngs(0))
+
+
+def test_factored_label_model_trains_every_class_sharing_an_attribute():
+  """Through a whole VideoDiT with class_factors, a batch of one class sends gradient to exactly its color, shape and
+  direction rows, so every class sharing one of them learns from it; the plain table trains that class's row only."""
+  def rows_with_gradient(factors):
+    config = tiny(num_classes=NUM_CLASSES, class_factors=factors)
+    model = random_model(config)
+    apply, params = pure(model)
+    z, t, _ = inputs(config)
+    cond = Conditioning(labels=jnp.full((B,), class_id("red", "circle", "left")))
+    grads = jax.grad(lambda p: jnp.mean(apply(p, z, t, cond) ** 2))(params)
+    return np.flatnonzero(np.abs(np.asarray(grads["label_embed"]["table"]["embedding"][...])).max(-1) > 0)
+
+  np.testing.assert_array_equal(rows_with_gradient(()), [class_id("red", "circle", "left")])
+  nc, ns, _ = CLASS_FACTORS
+  red, circle, left = 0, nc + 1 + SHAPES.index("circle"), nc + ns + 2 + DIRECTION_NAMES.index("left")
+  np.testing.assert_array_equal(rows_with_gradient(CLASS_FACTORS), [red, circle, left])
+
+
+def test_class_tokens_add_only_a_cross_attention_to_the_label_rows():
+  """class_tokens: blocks cross-attend to the label's factor rows. With the cross-attention output projections zeroed
+  the model is exactly the one without class_tokens (same weights); with them, two labels with the same summed
+  embedding (the same adaLN conditioning) but different rows give different outputs."""
+  fields = dict(text_dim=0, num_classes=NUM_CLASSES, class_factors=CLASS_FACTORS)
+  config = tiny(class_tokens=True, **fields)
+  model = random_model(config)
+  apply, params = pure(model)
+  z, t, _ = inputs(config)
+  label = lambda *attrs: Conditioning(labels=jnp.full((B,), class_id(*attrs)))  # noqa: E731
+  is_cross_out = lambda p: "cross" in jax.tree_util.keystr(p) and "out" in jax.tree_util.keystr(p)  # noqa: E731
+  no_cross = jax.tree_util.tree_map_with_path(lambda p, x: jnp.zeros_like(x) if is_cross_out(p) else x, params)
+  plain = tiny(**fields)
+  plain_model = nnx.eval_shape(lambda: VideoDiT(plain, rngs=nnx.Rngs(0)))
+  plain_params = nnx.state(plain_model, nnx.Param)
+  flat = dict(jax.tree_util.tree_flatten_with_path(no_cross)[0])
+  nnx.update(plain_model, jax.tree_util.tree_map_with_path(lambda p, x: flat[p], plain_params))
+  plain_apply, plain_state = pure(plain_model)
+  cond = label("red", "circle", "left")
+  np.testing.assert_allclose(np.asarray(apply(no_cross, z, t, cond)), np.asarray(plain_apply(plain_state, z, t, cond)),
+                             rtol=1e-5, atol=1e-5)
+  # Two classes with the same summed embedding (the same c) but different rows: red + circle == blue + square.
+  # Only the cross path can tell them apart.
+  nc = CLASS_FACTORS[0]
+  red, blue = COLOR_NAMES.index("red"), COLOR_NAMES.index("blue")
+  circle, square = nc + 1 + SHAPES.index("circle"), nc + 1 + SHAPES.index("square")
+  rows = np.array(params["label_embed"]["table"]["embedding"][...])
+  rows[blue] = rows[red] + 0.5
+  rows[square] = rows[circle] - 0.5
+  for tree in (params, no_cross):
+    tree["label_embed"]["table"]["embedding"][...] = jnp.asarray(rows)
+  a, b = label("red", "circle", "left"), label("blue", "square", "left")
+  # (Equal up to the rounding of the two sums; outputs here reach ~20.)
+  np.testing.assert_allclose(np.asarray(apply(no_cross, z, t, a)), np.asarray(apply(no_cross, z, t, b)),
+                             rtol=1e-4, atol=1e-4)
+  assert float(jnp.abs(apply(params, z, t, a) - apply(params, z, t, b)).max()) > 0.1

@@ -52,6 +52,9 @@ def _xla_flops(config, latent_shape, text_len=0):
         # conv MLPs.
         ("WALT-L", dict(depth=2, width=128, num_heads=4, input_size=(4, 8, 8), in_channels=4, window=(2, 4, 4),
                         text_dim=32, mlp_conv=3), (4, 8, 8, 4), 8),
+        # Class-conditional video model cross-attending to its label's three factor rows.
+        ("WALT-L", dict(depth=2, width=128, num_heads=4, input_size=(4, 8, 8), in_channels=4, window=(2, 4, 4),
+                        num_classes=84, class_factors=(7, 3, 4), class_tokens=True), (4, 8, 8, 4), 0),
     ],
 )
 def test_matches_xla_cost_analysis(variant, overrides, latent_shape, text_len):

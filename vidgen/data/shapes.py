@@ -43,6 +43,9 @@ DIRECTIONS: dict[str, tuple[int, int]] = {  # (dy, dx) in image coordinates
 COLOR_NAMES = tuple(COLORS)
 DIRECTION_NAMES = tuple(DIRECTIONS)
 NUM_CLASSES = len(COLORS) * len(SHAPES) * len(DIRECTIONS)
+# The mixed-radix digits of a class id, most significant first (see class_id): dit.class_factors for a label
+# embedding that sums one color, one shape and one direction row.
+CLASS_FACTORS = (len(COLORS), len(SHAPES), len(DIRECTIONS))
 SPLITS = ("train", "validation", "held_out")
 # Optional `config.data` fields for the size and speed ranges (fractions of the frame); absent = the defaults below.
 GEOMETRY_FIELDS = ("min_radius", "max_radius", "max_speed")

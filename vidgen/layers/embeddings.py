@@ -114,21 +114,49 @@ class TimestepEmbedder(nnx.Module):
 
 
 class LabelEmbedder(nnx.Module):
-  """Class label -> `[B, width]`, with one extra "null" entry (id `num_classes`) for classifier-free guidance."""
+  """Class label -> `[B, width]`, with one extra "null" entry (id `num_classes`) for classifier-free guidance.
 
-  def __init__(self, num_classes: int, width: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  `factors = (n_0, ..., n_k)` (product `num_classes`) reads a class id as mixed-radix digits, most significant
+  first (`id = (d_0 * n_1 + d_1) * n_2 + d_2` for three), and sums one embedding per digit, each from its own
+  `n_i + 1` rows (the last one null). A class made of attributes, such as color x shape x direction, then shares
+  each attribute's row with every class that has it: a row learns from `1 / n_i` of the data instead of
+  `1 / num_classes`, and a combination never seen in training is still the sum of trained rows. `()` = one row per
+  class (the DiT paper's table). The null label maps to every factor's null row.
+  """
+
+  def __init__(self, num_classes: int, width: int, *, factors: tuple[int, ...] = (), param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    factors = tuple(int(f) for f in factors) or (num_classes,)
+    if any(f < 1 for f in factors) or math.prod(factors) != num_classes:
+      raise ValueError(f"label factors {factors} must be positive with product num_classes={num_classes}")
     self.num_classes = num_classes
+    self.factors = factors
+    # All factors in one table (rows of factor i start at offsets[i]): one parameter, one gather.
+    self.offsets = tuple(int(o) for o in np.cumsum((0,) + tuple(f + 1 for f in factors[:-1])))
     self.table = nnx.Embed(
-        num_classes + 1, width, param_dtype=param_dtype,
+        sum(f + 1 for f in factors), width, param_dtype=param_dtype,
         embedding_init=logical(nnx.initializers.normal(0.02), "vocab", "embed"), rngs=rngs)
 
   @property
   def null_label(self) -> int:
     return self.num_classes
 
+  def rows(self, labels: jax.Array) -> jax.Array:
+    """`[B]` labels -> `[B, len(factors)]` table rows (the null label -> each factor's null row)."""
+    labels = jnp.asarray(labels, jnp.int32)
+    rows, rest = [], labels
+    for factor, offset in zip(reversed(self.factors), reversed(self.offsets)):
+      rows.append(offset + jnp.where(labels == self.num_classes, factor, rest % factor))
+      rest = rest // factor
+    return jnp.stack(rows[::-1], axis=-1)
+
+  def tokens(self, labels: jax.Array) -> jax.Array:
+    """labels: `[B]` -> `[B, len(factors), width]` float32, one row per factor (a context for cross-attention)."""
+    return self.table(self.rows(labels)).astype(jnp.float32)
+
   def __call__(self, labels: jax.Array) -> jax.Array:
     """labels: `[B]` int in `[0, num_classes]` (num_classes = null) -> `[B, width]` float32."""
-    return self.table(labels).astype(jnp.float32)
+    return jnp.sum(self.tokens(labels), axis=-2)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@
          cross-attention to text tokens (optional), tanh-GELU MLP
       -> final adaLN + Linear (zero-initialised) -> unpatchify -> v_hat [B,T,H,W,C_out]
 
-`c = t_emb(t) + label_emb(label)`; labels use id `num_classes` as the "null" class for guidance dropout. With
+`c = t_emb(t) + label_emb(label)`; labels use id `num_classes` as the "null" class for guidance dropout. A label
+made of attributes can be embedded as the sum of one row per attribute (`class_factors`), and those rows can also be
+the cross-attention context (`class_tokens`), as caption tokens are for a text model. With
 AdaLN-LoRA (W.A.L.T) the per-block modulation is `A_1 + W_b^i W_a^i SiLU(c)` with `A_1 = Linear(SiLU(c))` shared.
 
 Depth is run as a `jax.lax.scan` over stacked "super-blocks" (one block per entry of `attention_pattern`), so compile
@@ -19,6 +21,7 @@ Build from a config: `VideoDiT(dit_config("XL/2", num_classes=1000), rngs=nnx.Rn
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Mapping
 
@@ -30,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from vidgen.config import ConfigError, require
-from vidgen.layers.attention import ATTENTION_KINDS, BACKENDS, CrossAttention, SelfAttention, check_window
+from vidgen.layers.attention import ATTENTION_KINDS, BACKENDS, CrossAttention, RMSNorm, SelfAttention, check_window
 from vidgen.layers.embeddings import (
     POS_EMBEDDINGS,
     LabelEmbedder,
@@ -85,6 +88,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.adaln_lora_rank = 2               # 0 = a full Linear(6D) adaLN per block (DiT).
   c.pos_embedding = "learned"         # "learned" | "sincos".
   c.num_classes = 0                   # 0 = no class conditioning; otherwise a table of num_classes + 1 (null).
+  c.class_factors = ()                # () = one row per class; (n_0, ..., n_k): summed attribute rows (LabelEmbedder).
+  c.class_tokens = False              # Also cross-attend to the label's rows (one token per factor); needs text_dim=0.
   c.text_dim = 0                      # 0 = no cross-attention; otherwise the width of the text-encoder tokens.
   c.pooled_text = False               # Also add the mean caption token (projected) to the adaLN conditioning.
   c.task_channels = 0                 # Extra latent channels for task conditioning (mask + known latents); 0 = off.
@@ -177,6 +182,8 @@ class DiTSpec:
   adaln_lora_rank: int
   pos_embedding: str
   num_classes: int
+  class_factors: tuple[int, ...]
+  class_tokens: bool
   text_dim: int
   pooled_text: bool
   task_channels: int
@@ -211,6 +218,11 @@ class DiTSpec:
   def input_channels(self) -> int:
     """Channels entering the patch embedding: latent + task slot + self-conditioning estimate."""
     return self.in_channels + self.task_channels + (self.in_channels if self.self_condition else 0)
+
+  @property
+  def cross_attention(self) -> bool:
+    """Blocks cross-attend: to caption tokens (text_dim) or to the class label's rows (class_tokens)."""
+    return bool(self.text_dim) or self.class_tokens
 
   @property
   def head_dim(self) -> int:
@@ -268,6 +280,13 @@ def validate_config(config: Mapping[str, Any]) -> None:
     integer(name, 1)
   for name in ("out_channels", "num_classes", "text_dim", "task_channels", "adaln_lora_rank"):
     integer(name, 0)
+  factors = get("class_factors")
+  if factors:
+    ok = (isinstance(factors, (tuple, list))
+          and all(isinstance(f, (int, np.integer)) and not isinstance(f, bool) and f >= 1 for f in factors))
+    require(ok and get("num_classes") > 0 and math.prod(factors) == get("num_classes"), "dit.class_factors",
+            f"must be positive integers whose product is dit.num_classes={get('num_classes')} (or () for one row "
+            f"per class), got {factors!r}")
   mlp_conv = integer("mlp_conv", 0)
   require(mlp_conv == 0 or mlp_conv % 2 == 1, "dit.mlp_conv", f"must be 0 (off) or odd (3, 5, ...), got {mlp_conv}")
   width, heads, depth = integer("width", 1), integer("num_heads", 1), integer("depth", 1)
@@ -284,6 +303,10 @@ def validate_config(config: Mapping[str, Any]) -> None:
       check_window(grid, window)
     except ValueError as e:
       raise ConfigError(f"config.dit.window: {e}") from None
+  if get("class_tokens"):
+    require(get("num_classes") > 0 and get("text_dim") == 0, "dit.class_tokens",
+            f"needs class labels and no captions (num_classes > 0, text_dim = 0), got num_classes="
+            f"{get('num_classes')}, text_dim={get('text_dim')}")
   if get("pooled_text"):
     require(get("text_dim") > 0, "dit.pooled_text", "needs captions (dit.text_dim > 0)")
   pos = get("pos_embedding")
@@ -379,7 +402,7 @@ class DiTBlock(nnx.Module):
     self.attn = SelfAttention(d, spec.num_heads, kind=kind, window=spec.window, qk_norm=spec.qk_norm,
                               backend=spec.attention_backend, dtype=dtype, param_dtype=pdtype, rngs=rngs)
     self.cross = nnx.data(None)
-    if spec.text_dim:
+    if spec.cross_attention:
       self.cross = CrossAttention(d, spec.num_heads, qk_norm=spec.qk_norm, backend=spec.attention_backend,
                                   dtype=dtype, param_dtype=pdtype, rngs=rngs)
     self.mlp = Mlp(d, spec.mlp_hidden, conv_kernel=spec.mlp_conv, dtype=dtype, param_dtype=pdtype, rngs=rngs)
@@ -473,8 +496,11 @@ class VideoDiT(nnx.Module):
     self.pos_embed = SpacetimePosEmbed(spec.token_grid, d, kind=spec.pos_embedding, param_dtype=pdtype, rngs=rngs)
     self.t_embed = TimestepEmbedder(d, freq_dim=spec.freq_dim, time_scale=spec.time_scale, param_dtype=pdtype,
                                     rngs=rngs)
-    self.label_embed = (LabelEmbedder(spec.num_classes, d, param_dtype=pdtype, rngs=rngs)
+    self.label_embed = (LabelEmbedder(spec.num_classes, d, factors=spec.class_factors, param_dtype=pdtype, rngs=rngs)
                         if spec.num_classes else None)
+    # Label rows start at std 0.02 (DiT's table init, sized for adding to c); as cross-attention tokens they are
+    # RMS-normalised, as a text encoder's final norm does for caption tokens, so their values matter from step 0.
+    self.label_token_norm = (RMSNorm(d, param_dtype=pdtype, axis_name="embed") if spec.class_tokens else None)
     self.text_proj = nnx.data(None)
     if spec.text_dim:
       self.text_proj = nnx.Linear(
@@ -593,12 +619,17 @@ class VideoDiT(nnx.Module):
     x = constrain(x, _RESIDUAL)
 
     c = self.t_embed(t)
+    context, context_mask = self._context(batch, cond)
     if self.label_embed is not None:
       labels = jnp.full((batch,), spec.num_classes, jnp.int32) if cond.labels is None else cond.labels
-      c = c + self.label_embed(labels)
+      label_tokens = self.label_embed.tokens(labels)
+      c = c + jnp.sum(label_tokens, axis=1)
+      if spec.class_tokens:
+        # Every row is a learned vector, the null ones included, so no token is masked.
+        context = constrain(self.label_token_norm(label_tokens).astype(spec.compute_dtype), _RESIDUAL)
+        context_mask = jnp.ones(label_tokens.shape[:2], bool)
     elif cond.labels is not None:
       raise ValueError("cond.labels was given but the model was built with num_classes=0")
-    context, context_mask = self._context(batch, cond)
     if self.text_pool is not None:
       # Mean over real caption tokens; an all-padding (null) caption pools to zero and adds only the bias.
       weights = context_mask.astype(jnp.float32)[..., None]

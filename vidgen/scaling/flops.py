@@ -46,6 +46,8 @@ def forward_macs(model_config: Mapping[str, Any] | DiTSpec, latent_shape: Sequen
   patch = int(np.prod(spec.patch_size))
   # Without a caption the model still cross-attends to one (masked) token.
   text = (max(int(text_len), 1) if spec.text_dim else 0)
+  if spec.class_tokens:  # The label's rows, one per factor, are the context.
+    text = len(spec.class_factors) or 1
 
   macs = n * patch * spec.input_channels * d                      # Patch embedding.
   macs += spec.freq_dim * d + d * d                               # Timestep MLP.
@@ -59,7 +61,7 @@ def forward_macs(model_config: Mapping[str, Any] | DiTSpec, latent_shape: Sequen
   for kind in spec.attention_pattern * spec.num_super_blocks:
     macs += 4 * n * d * d                                         # q, k, v and output projections.
     macs += 2 * n * _window_tokens(kind, grid, spec.window) * d   # QK^T and AV within each window.
-    if spec.text_dim:
+    if spec.cross_attention:
       macs += 2 * n * d * d + 2 * text * d * d                    # Cross-attention q, out; k, v of the caption.
       macs += 2 * n * text * d                                    # Cross-attention QK^T and AV.
     macs += 2 * n * d * spec.mlp_hidden                           # MLP.
