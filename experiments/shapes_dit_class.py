@@ -25,7 +25,8 @@ and this config on 12 clips per combination (eval seed 99): 95.5% of 336 seen, 1
 are lumpy circles read as other shapes (105/120 circles right). Color was learned first in every variant. Motion
 came with a normalised label token for cross-attention, even a single one; the rows start at DiT's std 0.02 (sized
 for adding to the timestep embedding), and unnormalised, the values cross-attention made from them carried almost
-nothing for hundreds of steps. Shapes and held-out combinations came with the factored rows.
+nothing for hundreds of steps. Shapes and held-out combinations came with the factored rows. The default run from
+scratch (its own VAE stage, 27.9 dB) takes 14m08s and gets 96.4% seen / 100% held-out.
 
 Arguments (comma separated): `runlocal` (tiny and fast).
 """
