@@ -22,9 +22,11 @@ def _with_random_head(vae):
   return vae
 
 
-@pytest.fixture(scope="module", params=["none", "group"])
+# Both norms, and the shipped shapes_vae layout: a 4x stem and no encoder residual blocks outside the middle.
+@pytest.fixture(scope="module", params=[dict(norm="none"), dict(norm="group"), dict(num_res_blocks=0, stem_patch=4)],
+                ids=["none", "group", "shapes_vae_layout"])
 def vae(request):
-  return _with_random_head(SpacetimeVAE(tiny_vae_config(norm=request.param), rngs=nnx.Rngs(0)))
+  return _with_random_head(SpacetimeVAE(tiny_vae_config(**request.param), rngs=nnx.Rngs(0)))
 
 
 def test_untrained_decoder_outputs_zeros():
@@ -192,6 +194,7 @@ def test_bad_latents_and_chunks_raise(vae):
     ({"norm": "batch"}, "vae.norm"),
     ({"pixel_mean": (0.0, 0.0)}, "vae.pixel_mean"),
     ({"pixel_std": (1.0, 0.0, 1.0)}, "vae.pixel_std"),
+    ({"num_res_blocks": -1}, "vae.num_res_blocks"),
 ])
 def test_bad_config_names_the_field(overrides, field):
   with pytest.raises((ConfigError, ValueError), match=field):
