@@ -188,7 +188,8 @@ class Encoder(nnx.Module):
     self.downs = nnx.List([
         CausalConv3d(ch[i], ch[i + 1], (max(config.temporal_kernel, ft), 3, 3), stride=(ft, fs, fs), **kw)
         for i, (ft, fs) in enumerate(factors)])
-    self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, norm=config.norm, **kw) for _ in range(max(config.num_res_blocks, 1))])
+    self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, norm=config.norm, **kw)
+                         for _ in range(max(config.num_res_blocks, 1))])
     self.norm_out = make_norm(config.norm, ch[-1], param_dtype=kw["param_dtype"], rngs=rngs)
     self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels, kernel, **kw)
     # Start the posterior narrow (log-variance `init_logvar`): with the usual 0 (sigma 1) the sampled latent is mostly
@@ -244,7 +245,8 @@ class Decoder(nnx.Module):
     kw, kernel, self.factors = _layer_setup(config, rngs)
     ch = tuple(config.channels)
     self.conv_in = CausalConv3d(config.latent_channels, ch[-1], kernel, **kw)
-    self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, norm=config.norm, **kw) for _ in range(max(config.num_res_blocks, 1))])
+    self.mid = nnx.List([ResBlock(ch[-1], ch[-1], kernel, norm=config.norm, **kw)
+                         for _ in range(max(config.num_res_blocks, 1))])
     self.levels = nnx.List([
         nnx.List([ResBlock(ch[i], ch[i], kernel, norm=config.norm, **kw) for _ in range(config.num_res_blocks + 1)])
         for i in range(len(ch))])
@@ -372,7 +374,7 @@ class SpacetimeVAE(nnx.Module):
     return net(x, states), states.new
 
   def __call__(self, video: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, DiagonalGaussian]:
-    """Autoencodes `video`: samples z with `key` (the posterior mode without one). Returns (reconstruction, posterior)."""
+    """Autoencodes `video`, sampling z with `key` (the posterior mode without one): (reconstruction, posterior)."""
     posterior = self.encode(video)
     z = posterior.mode() if key is None else posterior.sample(key)
     return self.decode(z), posterior
