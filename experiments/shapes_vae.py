@@ -5,14 +5,14 @@
 
 Arguments (comma separated): `runlocal` (tiny and fast), `channels16` (16 latent channels instead of 8).
 
-The default reaches 32.3 dB eval PSNR (8 validation clips x 17 frames) in 4m47s on a 2-core AMD EPYC VM with
-AVX-512 (37 steps/s); on 96 validation clips it is 31.3 dB, on 96 clips of the held-out combinations 30.8 dB. CPUs
-differ by more than 2x: another EPYC VM runs the same steps 1.5-2x slower, one without AVX-512 about 4x slower.
-Its reconstructions keep the shapes: the prompt-following analyzer reads back 31/31 circles, 37/37 squares and 28/28
-triangles of the validation clips (28/30, 43/43, 23/23 of the held-out ones). What limits is edges: pixels within
-1.5 px of a shape's outline are 4% of the frame and carry three quarters of the squared error. White, cyan, magenta
-and yellow shapes score 1-3 dB below red, green and blue ones (their error counts in more channels), so the held-out
-combinations, with more of them, score lower than the validation clips.
+The default reaches 31.9-32.3 dB eval PSNR (8 validation clips x 17 frames) in 4m47s-4m52s on a 2-core AMD EPYC VM
+with AVX-512 (two runs, 37 steps/s); on 96 validation clips 31.3 dB, on 96 clips of the held-out combinations 30.8
+dB (both runs within 0.05 dB). CPUs differ by more than 2x: another EPYC VM runs the same steps 1.5-2x slower, one
+without AVX-512 about 4x slower. Its reconstructions keep the shapes: the prompt-following analyzer reads back 31/31
+circles, 37/37 squares and 28/28 triangles of the validation clips (28/30, 43/43, 23/23 of the held-out ones). What
+limits is edges: pixels within 1.5 px of a shape's outline are 4% of the frame and carry three quarters of the
+squared error. White, cyan, magenta and yellow shapes score 1-3 dB below red, green and blue ones (their error
+counts in more channels), so the held-out combinations, with more of them, score lower than the validation clips.
 `python -m vidgen.benchmarks.vae --workdir DIR --clips 96` prints these numbers for a finished run.
 """
 
