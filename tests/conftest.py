@@ -58,13 +58,8 @@ def tiny_train_config(**overrides) -> ml_collections.ConfigDict:
   return experiment_config("shapes_vae", "runlocal", **overrides)
 
 
-# The files that train models take minutes each on a 2-core CPU. With `--dist loadfile` (pytest.ini) every file is one
-# unit of work, handed out in collection order; starting the long ones first keeps a worker from running one of them
-# alone at the end while the other sits idle.
-_LONG_FILES = ("test_train_dit.py", "test_multihost.py", "test_reliability.py", "test_notebooks.py",
-               "test_train_vae.py")
-
-
+# With `--dist loadfile` (pytest.ini) every file is one unit of work, handed out in collection order. Integration
+# files train models and take minutes each on a 2-core CPU; handing them out first keeps a worker from running one of
+# them alone at the end while the other sits idle.
 def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(_LONG_FILES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
+  items.sort(key=lambda item: "integration" not in item.path.parts)  # stable: order within a file is kept

@@ -74,7 +74,7 @@ def _interval(values: list[str]) -> tuple[float, float]:
 def _sample() -> None:
   import os
 
-  from vidgen import io
+  from vidgen import media
   from vidgen.pipeline import VideoPipeline
 
   if not _WORKDIR.value or not _PROMPT.value or not _OUTPUT.value:
@@ -89,12 +89,12 @@ def _sample() -> None:
                 guidance_interval=_interval(_GUIDANCE_INTERVAL.value), progress=True)
   paths = [_OUTPUT.value] if len(prompts) == 1 else [f"{root}_{i}{ext}" for i in range(len(prompts))]
   for path, prompt, video in zip(paths, prompts, videos):
-    io.write_video(path, video)
+    media.write_video(path, video)
     print(f"{path}: {prompt!r} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]})")
 
 
 def _eval() -> None:
-  from vidgen import evaluation
+  from vidgen.data.shapes import evaluation
   from vidgen.pipeline import VideoPipeline
 
   if not _WORKDIR.value:

@@ -21,7 +21,7 @@ import numpy as np
 
 from vidgen.data import ShapesDataset
 from vidgen.data.shapes import SHAPES
-from vidgen.metrics.prompt_following import prompt_following
+from vidgen.data.shapes.reader import prompt_following
 from vidgen.pipeline import VideoPipeline
 
 

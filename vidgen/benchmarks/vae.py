@@ -22,7 +22,7 @@ from flax import nnx
 
 from vidgen import metrics
 from vidgen.data import to_model_range, to_uint8
-from vidgen.metrics.prompt_following import prompt_following
+from vidgen.data.shapes.reader import prompt_following
 from vidgen.parallel import make_mesh
 from vidgen.train.checkpoint import Checkpointer, abstract_like
 from vidgen.train.vae_trainer import VAETrainer, replicate

@@ -390,7 +390,7 @@ class DiTTrainer:
 
   def evaluate(self, state: DiTState, step: int) -> dict[str, float]:
     """Writes sample videos for `config.sampling.prompts`; at the last step also runs the prompt-following eval."""
-    from vidgen import evaluation
+    from vidgen.data.shapes import evaluation
 
     pipe = self.pipeline(state)
     evaluation.write_samples(pipe, self.config, os.path.join(self.workdir, "samples"), step)

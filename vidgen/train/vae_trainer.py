@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vidgen import io, metrics
+from vidgen import media, metrics
 from vidgen.config import read_run_config, require
 from vidgen.data import ShapesDataset, ShapesIterator, to_model_range, to_uint8
 from vidgen.data.interleave import Interleave
@@ -258,10 +258,10 @@ class VAETrainer:
     x = to_model_range(videos)
     out = {"eval_psnr": float(np.mean(metrics.psnr(recon, x))), "eval_ssim": float(np.mean(metrics.ssim(recon, x)))}
     if jax.process_index() == 0:
-      rows = [io.side_by_side(v, to_uint8(r)) for v, r in zip(videos[:4], recon[:4])]
-      sample = io.grid(rows)
+      rows = [media.side_by_side(v, to_uint8(r)) for v, r in zip(videos[:4], recon[:4])]
+      sample = media.grid(rows)
       for ext in (".mp4", ".gif"):
-        io.write_video(os.path.join(self.workdir, "samples", f"recon_{step:06d}{ext}"), sample)
+        media.write_video(os.path.join(self.workdir, "samples", f"recon_{step:06d}{ext}"), sample)
     return out
 
   def finalize(self, state: VAEState) -> VAEState:

@@ -384,7 +384,7 @@ def test_runtime_shape_errors():
 
 
 def _experiment(name):
-  path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+  path = pathlib.Path(__file__).resolve().parents[2] / "experiments" / f"{name}.py"
   spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -1,7 +1,7 @@
 """Evaluation of a trained DiT run on the embedded data: sample videos, prompt-following, VAE reconstruction.
 
 Prompt-following generates clips for captions and reads them back with the deterministic analyzer in
-`vidgen.metrics.prompt_following` (dominant color, shape by symmetry and fill ratio, direction of motion); a clip
+`vidgen.data.shapes.reader` (dominant color, shape by symmetry and fill ratio, direction of motion); a clip
 counts only when all three attributes are right. It is reported separately for combinations seen in training and for
 the held-out ones (`config.data.held_out`), which the model only knows through their words. Used by the DiT trainer at
 its last step and by `vidgen eval`.
@@ -20,10 +20,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidgen import io, metrics
-from vidgen.data import ShapesDataset, to_model_range
-from vidgen.data.shapes import COLOR_NAMES, DIRECTION_NAMES, SHAPES, caption, parse_combination
-from vidgen.metrics.prompt_following import prompt_following
+from vidgen import media, metrics
+from vidgen.data import to_model_range
+from vidgen.data.shapes.dataset import COLOR_NAMES, DIRECTION_NAMES, SHAPES, ShapesDataset, caption, parse_combination
+from vidgen.data.shapes.reader import prompt_following
 
 
 def _sample_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -38,9 +38,9 @@ def write_samples(pipe, config: ml_collections.ConfigDict, directory: str, step:
   videos = pipe(prompts, seed=config.sampling.seed, **_sample_kwargs(config))
   if jax.process_index() == 0:
     name = os.path.join(directory, f"samples_{step:06d}")
-    sample = io.grid(list(videos))
+    sample = media.grid(list(videos))
     for ext in (".mp4", ".gif"):
-      io.write_video(name + ext, sample)
+      media.write_video(name + ext, sample)
     with open(name + ".txt", "w") as f:
       f.write("\n".join(prompts) + "\n")
   return videos

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from vidgen.data.shapes import COLORS, parse_combination
+from vidgen.data.shapes.dataset import COLORS, parse_combination
 
 NONE = "none"  # the reading where nothing can be read: no foreground, or (direction) no motion / a single frame
 

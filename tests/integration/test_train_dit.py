@@ -17,7 +17,7 @@ from vidgen.config import ConfigError, load_config_file
 from vidgen.data import ShapesDataset, to_model_range, to_uint8
 from vidgen.data.latent_cache import CacheMismatchError, LatentCache, LatentIterator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def t2v_config(arg="runlocal", **overrides):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from conftest import tiny_train_config
 
-from vidgen import io
+from vidgen import media
 from vidgen.config import ConfigError
 from vidgen.train import train_and_evaluate
 from vidgen.train import vae_trainer
 from vidgen.train.writers import read_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_short_run_learns_and_writes_its_outputs(tmp_path, monkeypatch, capsys):
@@ -35,7 +35,7 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path, monkeypatch, capsys):
   assert records[-1]["eval_psnr"] > records[0]["psnr"] + 5
   # Reconstruction videos: input | reconstruction, eval_frames long, readable as mp4 and gif.
   for ext in (".mp4", ".gif"):
-    frames = io.read_video(tmp_path / "samples" / f"recon_000040{ext}")
+    frames = media.read_video(tmp_path / "samples" / f"recon_000040{ext}")
     assert frames.shape[:3] == (config.data.eval_frames, 2 * 32 + 2, 2 * 32 + 2)
   assert json.loads((tmp_path / "config.json").read_text())["trainer"] == "vae"
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))

@@ -8,9 +8,9 @@ import pytest
 from scipy import ndimage
 
 from vidgen.data.shapes import COLORS, DIRECTIONS, SHAPES, ShapesDataset, caption, render
-from vidgen.metrics import ClipAttributes, analyze_clip, prompt_following
+from vidgen.data.shapes.reader import ClipAttributes, analyze_clip, prompt_following
 
-pf = importlib.import_module("vidgen.metrics.prompt_following")  # the module (the package exports the function)
+pf = importlib.import_module("vidgen.data.shapes.reader")  # the module (the package exports the function)
 
 # held_out needs at least one combination; the same list keeps train/validation/held_out disjoint.
 HELD_OUT = ("red circle left", "blue square up", "white triangle right", "cyan circle down", "yellow square left")

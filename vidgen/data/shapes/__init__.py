@@ -1,0 +1,26 @@
+"""Everything specific to the embedded moving-shapes data: the dataset, its captions and classes, the word tokenizer
+for its captions, the prompt-following reader and the evaluation built on it."""
+
+from vidgen.data.shapes.dataset import (
+    CLASS_FACTORS,
+    COLOR_NAMES,
+    COLORS,
+    DIRECTION_NAMES,
+    DIRECTIONS,
+    GEOMETRY_FIELDS,
+    NUM_CLASSES,
+    SHAPES,
+    SPLITS,
+    Clip,
+    ShapesDataset,
+    ShapesIterator,
+    caption,
+    class_attributes,
+    class_id,
+    parse_combination,
+    render,
+)
+
+__all__ = ["CLASS_FACTORS", "COLOR_NAMES", "COLORS", "DIRECTION_NAMES", "DIRECTIONS", "GEOMETRY_FIELDS", "NUM_CLASSES",
+           "SHAPES", "SPLITS", "Clip", "ShapesDataset", "ShapesIterator", "caption", "class_attributes", "class_id",
+           "parse_combination", "render"]
