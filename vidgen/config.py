@@ -13,9 +13,7 @@ from typing import Any
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A config field holds a value that the run cannot use. The message names the field and the allowed values."""
+from vidgen.errors import ConfigError, RunNotFoundError
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -63,7 +61,7 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in `workdir/config.json` (written by `vidgen train` when the run starts)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir}: not a vidgen run directory (no config.json); train one first with "
+    raise RunNotFoundError(f"{workdir}: not a vidgen run directory (no config.json); train one first with "
                             "`vidgen train --config experiments/NAME.py --workdir DIR`")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
