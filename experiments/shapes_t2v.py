@@ -19,9 +19,10 @@ import os
 import ml_collections
 
 from vidgen.config import load_config_file, parse_arg
-from vidgen.data.shapes import CLASS_FACTORS, NUM_CLASSES
-from vidgen.models.dit import dit_config
-from vidgen.models.text import shapes_tokenizer, small_text_config
+from vidgen.data.shapes import CLASS_FACTORS, NUM_CLASSES, shapes_tokenizer
+from vidgen.models.dit_config import dit_config
+from vidgen.models.vae import latent_grid
+from vidgen.models.text import small_text_config
 from vidgen.parallel import DEFAULT_RULES
 from vidgen.train.optim import default_optimizer_config
 
@@ -40,20 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "dit"
   config.seed = 0
-  # What mattered (held-out combinations, all three attributes right, one VAE + cache per comparison):
-  # - Token size. 2x2-latent patches (one token = 16x16 pixels, width 128): 32-36% after 3000 steps. One token per
-  #   latent pixel (8x8 pixels) at width 64, same time: 50%. A 4x-space VAE stage (30.1 dB) with 2x2-latent patches
-  #   (the same 5x8x8 token grid): 7-11%, fragmented blobs that do not move.
-  # - Square geometry. Squares used to have half-side 0.85 r, within about a pixel of the circle of radius r at
-  #   64x64; every model drew one rounded blob for both and read back 0/36 squares, whatever else changed:
-  #   self-conditioning, min-SNR-5 weighting, an image phase, more images, guidance scale and interval, learning
-  #   rate 2e-3, batch 64, depth 8, a VAE of 30.3 dB, a depthwise 3x3 conv in the MLP (`dit.mlp_conv=3`: lower
-  #   loss, 0.35 against 0.42, but directions at chance and frames that jump). With half-side r (vidgen.data.shapes)
-  #   and shapes of 0.14-0.25 of the frame (the VAE stage below) the squares come out, slightly tilted and
-  #   skewed, which the reader now allows for: 98.2% seen / 100% held-out after these 1800 steps, 93.5% / 98.8% on
-  #   12 clips per combination (`eval.seed=99`); 2000 steps: 98.5% / 98.8% on those. With the old sizes (0.09-0.2)
-  #   squares and circles still blur together: 62.5% / 60.7% after 2000 steps.
-  # - Not the VAE's PSNR beyond ~28 dB: on a 30.3 dB VAE the old-geometry DiT scored no better (42.9% / 53.6%).
+  # What mattered most was token size and shape geometry, not VAE PSNR: see docs/results.md#shapes-t2v.
   config.total_steps = 1800
   config.batch_size = 32
   config.grad_accum_steps = 1      # split each batch into this many micro-batches (same result, less memory)
@@ -69,21 +57,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.vae_workdir = ""          # "" = train vae_stage into WORKDIR/vae (skipped once finished)
   config.vae_stage = vae_stage
   if not args.runlocal:
-    # A shorter VAE stage than shapes_vae's: on the latents of a 30.3 dB VAE ((32, 64, 96) channels, 4800 steps) this
-    # DiT scored 42.9% seen / 53.6% held-out, no better than on 27-29 dB ones (46-48% / 46-50%), so the minutes go
-    # to the DiT.
+    # Shorter than shapes_vae's run: a better VAE did not help this DiT, so the minutes go to the DiT.
     vae_stage.total_steps = 2400
-    # The deeper network shapes_vae used before (1 / 2 residual blocks per encoder / decoder level, (32, 48, 96)):
-    # the DiT numbers above were measured on its latents. On shapes_vae's current network (4800 steps in the same
-    # time, 29.5 dB against 28.0 dB) this DiT drew lumpier circles: 81.0% seen / 88.1% held-out on 12 clips per
-    # combination (circles read back 77/120) against 93.5% / 98.8% (one run each).
+    # shapes_vae's earlier, deeper network (1 / 2 residual blocks per encoder / decoder level): on the current
+    # shallower one's latents this DiT drew lumpier circles (docs/results.md#shapes-t2v-vae-stage).
     vae_stage.vae.channels = (32, 48, 96)
     vae_stage.vae.num_res_blocks = 1
     vae_stage.checkpoint_every = vae_stage.sample_every = 1200
-    # Larger shapes than shapes_vae's 0.09-0.2 of the frame: at 0.14-0.25 the DiT draws squares and circles apart
-    # (above). Measured before the squares were enlarged, the larger shapes' latents already kept squares through
-    # noise (0.3 of the latent scale added before decoding: 7/12 read back square), the small shapes' not even
-    # without noise (1/12).
+    # Larger shapes than shapes_vae's (radius 0.09-0.2 of the frame): at 0.14-0.25 the DiT draws squares and circles
+    # apart; at the smaller sizes they blur into one blob.
     vae_stage.data.min_radius, vae_stage.data.max_radius = 0.14, 0.25
   config.data = ml_collections.ConfigDict(dict(
       name="shapes", num_frames=17, height=64, width=64, held_out=vae_stage.data.held_out, seed=0,
@@ -95,8 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.conditioning = "class" if args["class"] else "text"
   config.text = small_text_config(vocab_size=shapes_tokenizer().vocab_size, max_length=8, width=64, depth=1,
                                   num_heads=4)
-  ft, fs = vae_stage.vae.temporal_downsample, vae_stage.vae.spatial_downsample
-  latent = (1 + (config.data.num_frames - 1) // ft, config.data.height // fs, config.data.width // fs)
+  fs = vae_stage.vae.spatial_downsample
+  latent = latent_grid(vae_stage.vae, config.data.num_frames, config.data.height, config.data.width)
   config.dit = dit_config(
       input_size=latent, in_channels=vae_stage.vae.latent_channels, patch_size=(1, 8 // fs, 8 // fs), width=64, depth=4,
       num_heads=2, attention_pattern=("spatial", "spatiotemporal"), window=(5, 4, 4), qk_norm=True,
@@ -104,13 +86,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_classes=NUM_CLASSES if args["class"] else 0, class_factors=CLASS_FACTORS if args["class"] else (),
       class_tokens=args["class"],
       text_dim=0 if args["class"] else config.text.width)
-  # Two super-blocks, unrolled rather than scanned (same weights and results; no per-iteration parameter slicing or
-  # stacking of saved activations): the training step ran 14% faster on a 2-core CPU and compiled no slower. Deep
-  # models keep the scan, whose compile time does not grow with depth.
+  # Two super-blocks, unrolled rather than scanned (same results, no per-iteration parameter slicing): a faster step
+  # at this depth. Deep models keep the scan, whose compile time does not grow with depth.
   config.dit.scan_layers = False
 
   config.diffusion = ml_collections.ConfigDict(dict(
-      schedule="cosine", shift=0.0, zero_terminal_snr=True, weighting="v_mse", min_snr_gamma=5.0,
+      schedule="cosine", shift=0.0, weighting="v_mse", min_snr_gamma=5.0,
       guidance_dropout=0.1,
       self_condition_prob=0.5))    # used when dit.self_condition is on
   config.ema_decay = 0.995
@@ -120,12 +101,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.sampling = ml_collections.ConfigDict(dict(
       sampler="ddim", steps=50, guidance=4.0, seed=0, prompts=SAMPLE_PROMPTS,
-      # Guide only at t >= 0.5: the same prompt-following as guiding every step (53.6% / 57.1%, clip for clip), and
-      # the eval takes 21 s instead of 30 s (half the steps run the conditional model alone).
+      # Guide only at t >= 0.5 (arXiv 2404.07724): the same clips right as guiding every step, and half the sampling
+      # steps run the conditional model alone.
       guidance_interval=(0.5, 1.0)))
+  # Every one of the 84 combinations: 4 clips per seen one, 12 per held-out one (their interval is the headline);
+  # 392 clips in 14 batches.
   config.eval = ml_collections.ConfigDict(dict(
-      at_end=True, seed=1234, samples_per_combination=4, seen_combinations=14, batch_size=28,
-      reconstruction_clips=8))
+      at_end=True, seed=1234, samples_per_combination=4, held_out_samples_per_combination=12, combinations=(),
+      batch_size=28, reconstruction_clips=8))
 
   if args.runlocal:
     config.total_steps = 4
@@ -135,8 +118,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sample_every = 4
     config.data.update(num_frames=5, height=32, width=32, cache_clips=8, cache_batch=4, image_every=2)
     config.text.update(width=16, num_heads=2)
-    config.dit.update(input_size=(2, 32 // fs, 32 // fs), width=32, depth=2, num_heads=2, window=(2, 2, 2),
+    config.dit.update(input_size=latent_grid(vae_stage.vae, 5, 32, 32), width=32, depth=2, num_heads=2, window=(2, 2, 2),
                       text_dim=0 if args["class"] else 16)
     config.sampling.update(steps=4, prompts=SAMPLE_PROMPTS[:2])
-    config.eval.update(samples_per_combination=1, seen_combinations=2, batch_size=8, reconstruction_clips=2)
+    config.eval.update(samples_per_combination=1, held_out_samples_per_combination=1, batch_size=9,
+                       combinations=SAMPLE_PROMPTS[:2] + tuple(config.data.held_out), reconstruction_clips=2)
   return config

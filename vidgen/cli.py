@@ -1,6 +1,8 @@
 """The `vidgen` command: `vidgen train | sample | eval` (see USAGE).
 
 A thin entry point: flags are parsed here and the work is done by importable functions (`train_and_evaluate`).
+A user's mistake (a bad config value, an unknown word in a prompt, a size that does not fit, a workdir without the
+run asked for) is reported as one line on stderr with exit code 2; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from vidgen.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/shapes_vae.py or experiments/shapes_vae.py:runlocal.",
@@ -43,7 +47,7 @@ USAGE = """usage:
 
 def _train() -> None:
   from vidgen.parallel import distributed
-  from vidgen.train.loop import train_and_evaluate
+  from vidgen.train.stages import train_and_evaluate
   from vidgen.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
   if _CONFIG.value is None or not _WORKDIR.value:
@@ -94,17 +98,19 @@ def _sample() -> None:
 
 
 def _eval() -> None:
-  from vidgen.data.shapes import evaluation
   from vidgen.pipeline import VideoPipeline
 
   if not _WORKDIR.value:
     raise app.UsageError(f"eval needs --workdir\n{USAGE}")
   pipe = VideoPipeline.from_workdir(_WORKDIR.value)
-  evaluation.evaluate(pipe, pipe.config, _WORKDIR.value)
+  pipe.source.evaluate(pipe, pipe.config, _WORKDIR.value)
   print(f"written to {_WORKDIR.value}/eval.json")
 
 
 COMMANDS = {"train": _train, "sample": _sample, "eval": _eval}
+
+
+USER_ERROR_EXIT_CODE = 2
 
 
 def main(argv: list[str]) -> None:
@@ -113,7 +119,11 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"expected one command from {sorted(COMMANDS)}, got {argv[1:]}\n{USAGE}")
-  COMMANDS[argv[1]]()
+  try:
+    COMMANDS[argv[1]]()
+  except UserError as e:
+    print(f"vidgen {argv[1]}: error: {e}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
 
 
 def run() -> None:

@@ -8,15 +8,14 @@
 
 Generation is one jitted program per (batch, size, steps, sampler, guidance interval, strength) — text encoding, the
 guided sampler loop and VAE decoding — and depends only on (prompts, seed, init_video): example i starts from noise
-drawn with `fold_in(key(seed), i)`.
-Class-conditional runs take the same prompts: a caption of the embedded data names its class.
+drawn with `fold_in(key(seed), i)`. Captions are tokenized with the run's data source vocabulary; a class-conditional
+run maps each prompt to the class it names (vidgen.data.sources).
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,30 +23,37 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidgen import diffusion
-from vidgen.config import read_run_config
+from vidgen import diffusion, runs
 from vidgen.data import to_model_range, to_uint8
-from vidgen.data.shapes import class_id, parse_combination
+from vidgen.data.sources import get_source
+from vidgen.errors import InputError
 from vidgen.models.dit import Conditioning, null_conditioning
+from vidgen.models.vae import SpacetimeVAE, latent_grid
 from vidgen.parallel import axis_rules, make_mesh
 
 
 class VideoPipeline:
-  """Generates videos from prompts with a trained DiT run: `from_workdir`, or `DiTTrainer.pipeline(state)`."""
+  """Generates videos from prompts with a trained DiT run: `from_workdir`, or `DiTTrainer.pipeline(state)`.
 
-  def __init__(self, *, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vae, dit, text, tokenizer):
-    self.config, self.mesh, self.tokenizer = config, mesh, tokenizer
-    self.vae_graph, self.vae_params, self.vae_stats = vae
-    self.dit_graph, self.dit_params = dit
-    self.text_graph, self.text_params = text
+  Args:
+    config: the DiT run's config.
+    networks: {"dit": (graphdef, params), "text": (graphdef, params) for captioned runs}.
+    vae: the SpacetimeVAE the run encodes with (with its latent statistics).
+    mesh: where generation runs; default: this process's devices.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, networks: dict[str, tuple[nnx.GraphDef, Any]],
+               vae: SpacetimeVAE, *, mesh: jax.sharding.Mesh | None = None):
+    self.config = config
+    self.mesh = make_mesh({"data": -1}) if mesh is None else mesh
+    self.networks = networks
+    self.vae_graph, self.vae_params, self.vae_stats = nnx.split(vae, nnx.Param, ...)
+    self.vae_config = vae.config
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
-    from vidgen.train.dit_trainer import make_schedule  # config -> schedule lives with the trainer's config fields
-
-    self.schedule = make_schedule(config.diffusion)
-    vae_config = self.vae_graph_config()
-    self.temporal_factor = vae_config["temporal_downsample"]
-    self.spatial_factor = vae_config["spatial_downsample"]
-    self.latent_channels = vae_config["latent_channels"]
+    self.schedule = diffusion.schedule_from_config(config.diffusion)
+    self.source = get_source(config.data)
+    self.tokenizer = (self.source.caption_tokenizer(config.text.max_length) if config.conditioning == "text"
+                      else None)
     self.patch = tuple(config.dit.patch_size)
     self.num_classes = int(config.dit.num_classes)
     self.self_condition = bool(config.dit.get("self_condition", False))
@@ -55,25 +61,15 @@ class VideoPipeline:
 
   @classmethod
   def from_workdir(cls, workdir: str, *, ema: bool = True, mesh: jax.sharding.Mesh | None = None) -> "VideoPipeline":
-    """Loads a finished (or checkpointed) DiT run: config.json, the VAE run it used, and the latest DiT weights."""
-    from vidgen.train.checkpoint import Checkpointer, restore_trainer_state
-    from vidgen.train.dit_trainer import DiTTrainer
+    """Loads a DiT run's weights (EMA by default) and its VAE from `workdir` (see `vidgen.runs.load_dit`)."""
+    run = runs.load_dit(workdir, mesh, ema=ema)
+    return cls(run.config, run.networks, run.vae, mesh=mesh)
 
-    workdir = os.path.abspath(workdir)
-    config = read_run_config(workdir)
-    if config.get("trainer") != "dit":
-      raise ValueError(f"{workdir} holds a {config.get('trainer')!r} run; VideoPipeline needs a DiT run "
-                       "(trained with experiments/shapes_t2v.py or another config with trainer='dit')")
-    step = Checkpointer.latest_step_in(os.path.join(workdir, "checkpoints"))
-    if step is None:
-      raise FileNotFoundError(f"{workdir}: no trained model yet (no DiT checkpoint in {workdir}/checkpoints); "
-                              "train it with `vidgen train`")
-    mesh = make_mesh({"data": -1}) if mesh is None else mesh
-    trainer = DiTTrainer(config, mesh, workdir, run_stages=False)
-    return trainer.pipeline(restore_trainer_state(trainer, workdir, step), ema=ema)
-
-  def vae_graph_config(self) -> dict:
-    return nnx.merge(self.vae_graph, self.vae_params, self.vae_stats).config
+  def sampling_defaults(self) -> dict[str, Any]:
+    """The run's `config.sampling` settings and clip length, as keyword arguments of `__call__`."""
+    s = self.config.sampling
+    return dict(num_frames=self.config.data.num_frames, steps=s.steps, guidance=s.guidance, sampler=s.sampler,
+                guidance_interval=tuple(s.get("guidance_interval", (0.0, 1.0))))
 
   # -- inputs ------------------------------------------------------------------------------------------------------
 
@@ -84,23 +80,16 @@ class VideoPipeline:
       ids, mask = self.tokenizer(prompts)
       return {"ids": ids, "mask": mask}
     if kind == "class":
-      labels = []
-      for p in prompts:
-        try:
-          labels.append(class_id(*parse_combination(p)))
-        except ValueError as e:
-          raise ValueError(f"prompt {p!r}: this class-conditional model takes captions of the embedded data "
-                           f"('a {{color}} {{shape}} moving {{direction}}'): {e}") from None
-      return {"labels": np.asarray(labels, np.int32)}
+      return {"labels": np.asarray([self.source.class_of(p) for p in prompts], np.int32)}
     return {}
 
   def _check_size(self, num_frames: int, height: int, width: int) -> None:
-    ft, fs = self.temporal_factor, self.spatial_factor
+    ft, fs = self.vae_config["temporal_downsample"], self.vae_config["spatial_downsample"]
     if not isinstance(num_frames, (int, np.integer)) or num_frames < 1 or (num_frames - 1) % ft:
-      raise ValueError(f"num_frames={num_frames!r}: must be 1 + {ft}k (1, {1 + ft}, {1 + 2 * ft}, 17, ...)")
+      raise InputError(f"num_frames={num_frames!r}: must be 1 + {ft}k (1, {1 + ft}, {1 + 2 * ft}, 17, ...)")
     for name, value, p in (("height", height, self.patch[1]), ("width", width, self.patch[2])):
       if not isinstance(value, (int, np.integer)) or value < 1 or value % (fs * p):
-        raise ValueError(f"{name}={value!r}: must be a positive multiple of VAE factor x patch = {fs} x {p} = "
+        raise InputError(f"{name}={value!r}: must be a positive multiple of VAE factor x patch = {fs} x {p} = "
                          f"{fs * p}")
 
   # -- generation --------------------------------------------------------------------------------------------------
@@ -111,15 +100,15 @@ class VideoPipeline:
     if key in self._compiled:
       return self._compiled[key]
 
-    def generate(dit_params, text_params, vae_params, vae_stats, inputs, noise, init_video, guidance, sample_key):
+    def generate(params, vae_params, vae_stats, inputs, noise, init_video, guidance, sample_key):
       with axis_rules(self.mesh, self.rules):
-        dit = nnx.merge(self.dit_graph, dit_params)
+        dit = nnx.merge(self.networks["dit"][0], params["dit"])
         vae = nnx.merge(self.vae_graph, vae_params, vae_stats)
         if init_video is not None:  # SDEdit: start from the clip's latents, noised to t = strength.
           alpha, sigma = self.schedule.alpha_sigma(jnp.float32(strength))
           noise = alpha * vae.normalize(vae.encode(init_video).mode()) + sigma * noise
         if "ids" in inputs:
-          text = nnx.merge(self.text_graph, text_params)(inputs["ids"], inputs["mask"])
+          text = nnx.merge(self.networks["text"][0], params["text"])(inputs["ids"], inputs["mask"])
           cond = Conditioning(text=text, text_mask=inputs["mask"])
         elif "labels" in inputs:
           cond = Conditioning(labels=inputs["labels"])
@@ -171,43 +160,45 @@ class VideoPipeline:
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
     if not prompts:
-      raise ValueError("prompt: got an empty list; give a caption or a list of captions")
+      raise InputError("prompt: got an empty list; give a caption or a list of captions")
     for p in prompts:
       if not isinstance(p, str) or not p.strip():
-        raise ValueError(f"prompt {p!r}: must be a non-empty string")
+        raise InputError(f"prompt {p!r}: must be a non-empty string")
     if init_video is not None:
       init_video = np.asarray(init_video)
       if init_video.dtype != np.uint8 or init_video.shape[-1:] != (3,) or init_video.ndim != (4 if single else 5):
-        raise ValueError(f"init_video: expected uint8 {'[T, H, W, 3]' if single else '[B, T, H, W, 3]'}, got "
+        raise InputError(f"init_video: expected uint8 {'[T, H, W, 3]' if single else '[B, T, H, W, 3]'}, got "
                          f"{init_video.dtype} {init_video.shape}")
       if not single and init_video.shape[0] != len(prompts):
-        raise ValueError(f"init_video: got {init_video.shape[0]} clips for {len(prompts)} prompts")
+        raise InputError(f"init_video: got {init_video.shape[0]} clips for {len(prompts)} prompts")
       num_frames, height, width = init_video.shape[-4:-1]
       init_video = to_model_range(init_video.reshape((len(prompts),) + init_video.shape[-4:]))
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-      raise ValueError(f"strength={strength!r}: must be a number in (0, 1]")
+      raise InputError(f"strength={strength!r}: must be a number in (0, 1]")
     if strength != 1.0 and init_video is None:
-      raise ValueError(f"strength={strength!r} needs init_video, the clip to start from")
+      raise InputError(f"strength={strength!r} needs init_video, the clip to start from")
     height = self.config.data.height if height is None else height
     width = self.config.data.width if width is None else width
     self._check_size(num_frames, height, width)
     if sampler not in diffusion.SAMPLERS:
-      raise ValueError(f"sampler={sampler!r}: allowed {diffusion.SAMPLERS}")
+      raise InputError(f"sampler={sampler!r}: allowed {diffusion.SAMPLERS}")
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.schedule.num_train_steps:
-      raise ValueError(f"steps={steps!r}: must be an integer in [1, {self.schedule.num_train_steps}]")
+      raise InputError(f"steps={steps!r}: must be an integer in [1, {self.schedule.num_train_steps}]")
     if guidance < 0:
-      raise ValueError(f"guidance={guidance!r}: must be >= 0")
-    interval = diffusion.check_interval(guidance_interval, "guidance_interval")
+      raise InputError(f"guidance={guidance!r}: must be >= 0")
+    try:
+      interval = diffusion.check_interval(guidance_interval, "guidance_interval")
+    except ValueError as e:
+      raise InputError(str(e)) from None
     inputs = self._condition_inputs(prompts)
-    fs, ft = self.spatial_factor, self.temporal_factor
-    shape = (1 + (num_frames - 1) // ft, height // fs, width // fs, self.latent_channels)
+    shape = (*latent_grid(self.vae_config, num_frames, height, width), self.vae_config["latent_channels"])
     base = jax.random.key(seed)
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(base, i), shape) for i in range(len(prompts))])
     sample_key = jax.random.fold_in(base, -1 & 0x7FFFFFFF)
     guided = self.config.conditioning != "none" and guidance != 1.0
     fn = self._generate_fn(int(steps), sampler, guided, interval, float(strength), progress)
-    video = fn(self.dit_params, self.text_params, self.vae_params, self.vae_stats, inputs, noise, init_video,
-               jnp.float32(guidance), sample_key)
+    params = {name: p for name, (_, p) in self.networks.items()}
+    video = fn(params, self.vae_params, self.vae_stats, inputs, noise, init_video, jnp.float32(guidance), sample_key)
     if progress:
       print(file=sys.stderr)
     out = to_uint8(np.asarray(video))

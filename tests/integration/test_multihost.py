@@ -17,7 +17,7 @@ from conftest import tiny_train_config
 
 import cli_runs
 from vidgen.parallel import make_mesh
-from vidgen.train.checkpoint import restore_trainer_state
+from vidgen.checkpoint import restore_trainer_state
 from vidgen.train.preemption import PREEMPTED_EXIT_CODE
 from vidgen.train.vae_trainer import VAETrainer
 
@@ -69,7 +69,7 @@ import json, jax, numpy as np
 from conftest import tiny_train_config
 from vidgen.parallel import make_mesh
 from vidgen.train import train_and_evaluate
-from vidgen.train.checkpoint import restore_trainer_state
+from vidgen.checkpoint import restore_trainer_state
 from vidgen.train.vae_trainer import VAETrainer
 config = tiny_train_config(**FIELDS, **{"mesh.data": 2, "mesh.fsdp": 4})
 trainer = VAETrainer(config, make_mesh(dict(config.mesh)), WORKDIR)

@@ -16,7 +16,7 @@ from vidgen.config import ConfigError
 from vidgen.parallel import distributed
 from vidgen.train import train_and_evaluate
 from vidgen.train import vae_trainer
-from vidgen.train.checkpoint import Checkpointer, state_fingerprint
+from vidgen.checkpoint import Checkpointer, state_fingerprint
 from vidgen.train.preemption import PREEMPTED_EXIT_CODE, PreemptionWatcher
 from vidgen.train.writers import peak_tflops_per_device
 
@@ -109,7 +109,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
       f.write('{"next_in')  # torn JSON
   checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
   messages = []
-  from vidgen.train.checkpoint import CheckpointCorrupted, abstract_like
+  from vidgen.checkpoint import CheckpointCorrupted, abstract_like
 
   with pytest.raises(CheckpointCorrupted, match=r"no usable checkpoint \(step 4: unreadable: .*; step 2: unreadable"):
     checkpointer.restore_latest_good(abstract_like(state), log=messages.append)
@@ -143,7 +143,7 @@ def test_fingerprint_sees_any_single_change_and_positions():
 _SKIP_SCRIPT = r"""
 import json, jax.numpy as jnp, numpy as np
 from conftest import tiny_train_config
-from vidgen.data import ShapesDataset
+from vidgen.data.shapes import ShapesDataset
 from vidgen.train import train_and_evaluate, vae_trainer
 config = tiny_train_config(total_steps=4, log_every=1, checkpoint_every=1, sample_every=100, keep_checkpoints=10,
                            skip_nonfinite_updates=True, peak_tflops_per_device=2.0,

@@ -14,7 +14,8 @@ from flax import nnx
 
 from conftest import experiment_config
 from vidgen.config import ConfigError, load_config_file
-from vidgen.data import ShapesDataset, to_model_range, to_uint8
+from vidgen.data import to_model_range, to_uint8
+from vidgen.data.shapes import ShapesDataset
 from vidgen.data.latent_cache import CacheMismatchError, LatentCache, LatentIterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,7 +91,7 @@ def test_dit_learns_and_resume_is_exact(t2v_run, tmp_path, monkeypatch):
   """Reusing the run's VAE and cache: 40 steps lower a fixed-noise v-loss; a run that crashes at step 30 and is
   restarted logs exactly the losses of one never stopped."""
   from vidgen.train import dit_trainer
-  from vidgen.train.checkpoint import restore_trainer_state
+  from vidgen.checkpoint import restore_trainer_state
   from vidgen.train.dit_trainer import DiTTrainer
   from vidgen.train.loop import train_and_evaluate
 

@@ -52,7 +52,7 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path, monkeypatch, capsys):
 
 def test_benchmark_shape_readings_count_per_true_shape():
   from vidgen.benchmarks.vae import shape_readings
-  from vidgen.data import ShapesDataset
+  from vidgen.data.shapes import ShapesDataset
 
   batch = ShapesDataset(split="validation", num_frames=9, height=64, width=64).batch(0, 12)
   truth = shape_readings(batch["video"], batch["caption"])  # clean clips: every shape is read right
@@ -102,7 +102,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
 def test_checkpoint_restores_params_and_latent_stats(tmp_path):
   import jax
   from vidgen.parallel import make_mesh
-  from vidgen.train.checkpoint import Checkpointer, abstract_like
+  from vidgen.checkpoint import Checkpointer, abstract_like
 
   config = tiny_train_config(total_steps=2, checkpoint_every=2)
   state = train_and_evaluate(config, str(tmp_path))

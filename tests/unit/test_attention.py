@@ -119,6 +119,19 @@ def test_full_4d_mask():
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_logit_bias_shapes_and_backends():
+  q, k, v = _qkv(7, 2, 5)
+  bias = jnp.asarray(np.random.default_rng(7).standard_normal((2, 5, 5)), jnp.float32)  # [heads, Nq, Nk]
+  # A bias that is the same for every key is a no-op under softmax; a per-key one changes the output.
+  np.testing.assert_allclose(full(q, k, v, bias=jnp.broadcast_to(bias[..., :1], bias.shape)), full(q, k, v),
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(full(q, k, v, bias=bias), full(q, k, v), atol=1e-3)
+  with pytest.raises(ValueError, match="bias must be broadcastable"):
+    full(q, k, v, bias=jnp.zeros((5,)))
+  with pytest.raises(ValueError, match="splash backend takes no logit bias"):
+    full(q, k, v, bias=bias, backend="splash")
+
+
 def test_bfloat16_inputs_use_float32_softmax():
   q, k, v = _qkv(6, 1, 16, dtype=jnp.bfloat16)
   out = windowed(q, k, v, grid=(1, 4, 4), window=(1, 2, 2))

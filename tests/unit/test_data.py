@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from vidgen.data import ShapesDataset, ShapesIterator, to_model_range, to_uint8
+from vidgen.data import ClipIterator, to_model_range, to_uint8
+from vidgen.data.shapes import ShapesDataset
 from vidgen.data.shapes import COLORS, NUM_CLASSES, class_attributes, class_id, parse_combination
 
 
@@ -92,11 +93,11 @@ def test_bad_arguments_are_reported():
 
 def test_iterator_resumes_the_exact_stream():
   ds = ShapesDataset(num_frames=5, height=16, width=16)
-  it = ShapesIterator(ds, global_batch=3)
+  it = ClipIterator(ds, global_batch=3)
   first = [next(it) for _ in range(2)]
   state = it.get_state()
   expected = [next(it)["video"] for _ in range(2)]
-  resumed = ShapesIterator(ds, global_batch=3)
+  resumed = ClipIterator(ds, global_batch=3)
   resumed.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(next(resumed)["video"], want)
@@ -105,12 +106,12 @@ def test_iterator_resumes_the_exact_stream():
 
 def test_process_shards_reassemble_the_global_batch():
   ds = ShapesDataset(num_frames=1, height=16, width=16)
-  whole = next(ShapesIterator(ds, global_batch=4))
-  parts = [next(ShapesIterator(ds, global_batch=4, process_index=p, process_count=2)) for p in range(2)]
+  whole = next(ClipIterator(ds, global_batch=4))
+  parts = [next(ClipIterator(ds, global_batch=4, process_index=p, process_count=2)) for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([p["video"] for p in parts]), whole["video"])
   np.testing.assert_array_equal(np.concatenate([p["label"] for p in parts]), whole["label"])
   with pytest.raises(ValueError, match="divisible"):
-    ShapesIterator(ds, global_batch=3, process_count=2)
+    ClipIterator(ds, global_batch=3, process_count=2)
 
 
 def test_value_range_conversions():
@@ -148,8 +149,8 @@ def test_content_crop_falls_back_to_any_window_and_rejects_bad_sizes():
 
 def test_interleaved_image_batches_follow_the_schedule_and_resume_exactly():
   from vidgen.data.interleave import Interleave
-  make = lambda: Interleave(ShapesIterator(ShapesDataset(num_frames=5, height=16, width=16), global_batch=2),
-                            ShapesIterator(ShapesDataset(num_frames=1, height=16, width=16), global_batch=3), 3)
+  make = lambda: Interleave(ClipIterator(ShapesDataset(num_frames=5, height=16, width=16), global_batch=2),
+                            ClipIterator(ShapesDataset(num_frames=1, height=16, width=16), global_batch=3), 3)
   it = make()
   shapes = [next(it)["video"].shape[:2] for _ in range(6)]
   assert shapes == [(2, 5), (2, 5), (3, 1)] * 2

@@ -1,9 +1,10 @@
-"""Tests for vidgen.models.dit: adaLN-Zero init, training signal, scan/remat parity, locality, configs, sizes."""
+"""vidgen.models.dit(_config): adaLN-Zero init, training signal, scan/remat parity, locality, configs, sizes."""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import pathlib
 
 import jax
@@ -24,14 +25,8 @@ from vidgen.data.shapes import (
     class_id,
 )
 from vidgen.layers.embeddings import LabelEmbedder
-from vidgen.models.dit import (
-    Conditioning,
-    VideoDiT,
-    decode_variant,
-    dit_config,
-    drop_conditioning,
-    null_conditioning,
-)
+from vidgen.models.dit import Conditioning, VideoDiT, drop_conditioning, null_conditioning
+from vidgen.models.dit_config import decode_variant, dit_config
 from vidgen.scaling import param_count
 
 B = 2
@@ -289,10 +284,11 @@ def test_missing_conditioning_means_null():
   null = null_conditioning(cond, config.num_classes)
   np.testing.assert_array_equal(np.asarray(null.labels), config.num_classes)
   assert not bool(null.text_mask.any())
-  dropped = drop_conditioning(cond, jax.random.key(0), 1.0, config.num_classes)
-  np.testing.assert_array_equal(np.asarray(dropped.labels), config.num_classes)
-  kept = drop_conditioning(cond, jax.random.key(0), 0.0, config.num_classes)
-  np.testing.assert_array_equal(np.asarray(kept.labels), np.asarray(cond.labels))
+  drop = jnp.arange(B) % 2 == 0
+  dropped = drop_conditioning(cond, drop, config.num_classes)
+  np.testing.assert_array_equal(np.asarray(dropped.labels), np.where(drop, config.num_classes, cond.labels))
+  want_mask = ~np.asarray(drop)[:, None] & np.asarray(cond.text_mask)
+  np.testing.assert_array_equal(np.asarray(dropped.text_mask), want_mask)
 
 
 def test_bfloat16_compute():
@@ -305,7 +301,9 @@ def test_bfloat16_compute():
   ref_model = with_params(tiny(), model)
   apply32, params32 = pure(ref_model)
   ref = apply32(params32, z, t, cond)
-  assert float(jnp.abs(out - ref).max()) < 0.1 * float(jnp.abs(ref).max())
+  # bf16 rounds to 2^-8 relative; 4 roundings (input, weight, output, residual) x 3 sub-layers x depth, in quadrature.
+  tolerance = 2.0 ** -8 * math.sqrt(4 * 3 * config.depth)
+  assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < tolerance
 
 
 def test_every_parameter_has_logical_axes():

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from vidgen.models.dit import Conditioning, VideoDiT, dit_config
+from vidgen.models.dit import Conditioning, VideoDiT
+from vidgen.models.dit_config import dit_config
 from vidgen.scaling import forward_flops, param_count
 
 # DiT paper (arXiv 2212.09748) Table 4 "Gflops" on a 32x32x4 latent: multiply-adds, so FLOPs are twice these.

@@ -8,12 +8,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vidgen.data.shapes import shapes_tokenizer
+from vidgen.errors import InputError
+from vidgen.layers.attention import full_attention
 from vidgen.models import text
+from vidgen.models.text.t5 import position_bias
 
 
 def tiny_small_config(**overrides):
   """A SmallTextEncoder that compiles and runs in well under a second on CPU."""
-  base = dict(vocab_size=text.shapes_tokenizer().vocab_size, max_length=8, width=32, depth=2, num_heads=4)
+  base = dict(vocab_size=shapes_tokenizer().vocab_size, max_length=8, width=32, depth=2, num_heads=4)
   base.update(overrides)
   return text.small_text_config(**base)
 
@@ -52,6 +56,13 @@ def test_word_tokenizer_errors_name_the_bad_value(prompt, needles):
     assert needle in str(info.value), (needle, str(info.value))
 
 
+@pytest.mark.parametrize("prompt", ["", "a red red red circle", "a blue circle"])
+def test_word_tokenizer_prompt_mistakes_are_input_errors(prompt):
+  tok = text.WordTokenizer(["a", "red", "circle"], max_length=4)
+  with pytest.raises(InputError, match=repr(prompt)):
+    tok(prompt)
+
+
 def test_word_tokenizer_rejects_bad_vocabularies():
   with pytest.raises(ValueError, match="repeated.*'a'"):
     text.WordTokenizer(["a", "b", "a"], 4)
@@ -64,8 +75,8 @@ def test_word_tokenizer_rejects_bad_vocabularies():
 def test_every_shapes_caption_tokenizes():
   from vidgen.data import shapes
 
-  tok = text.shapes_tokenizer()
-  assert tok == text.shapes_tokenizer()  # deterministic vocabulary order
+  tok = shapes_tokenizer()
+  assert tok == shapes_tokenizer()  # deterministic vocabulary order
   captions = [shapes.caption(c, s, d) for c in shapes.COLOR_NAMES for s in shapes.SHAPES
               for d in shapes.DIRECTION_NAMES]
   ids, mask = tok(captions)
@@ -84,7 +95,7 @@ def test_every_shapes_caption_tokenizes():
 def test_small_encoder_shapes_and_padding_invariance():
   config = tiny_small_config()
   model = text.SmallTextEncoder(config, rngs=nnx.Rngs(0))
-  tok = text.WordTokenizer(text.shapes_tokenizer().vocab, max_length=6)
+  tok = text.WordTokenizer(shapes_tokenizer().vocab, max_length=6)
   ids, mask = tok(["a red circle moving left", "a blue square"])
   out = model(ids, mask)
   assert out.shape == (2, 6, config.width) and out.dtype == jnp.float32
@@ -104,7 +115,7 @@ def test_small_encoder_shapes_and_padding_invariance():
 def test_small_encoder_gradients_reach_every_parameter_and_jit():
   config = tiny_small_config()
   model = text.SmallTextEncoder(config, rngs=nnx.Rngs(1))
-  ids, mask = text.shapes_tokenizer()(["a red circle moving left", "a green triangle moving up"])
+  ids, mask = shapes_tokenizer()(["a red circle moving left", "a green triangle moving up"])
   graphdef, params = nnx.split(model, nnx.Param)
 
   def loss(p):
@@ -129,14 +140,14 @@ def test_small_encoder_gradients_reach_every_parameter_and_jit():
 
 def test_small_encoder_bfloat16_compute():
   model = text.SmallTextEncoder(tiny_small_config(dtype="bfloat16"), rngs=nnx.Rngs(0))
-  ids, mask = text.shapes_tokenizer()(["a red circle moving left"])
+  ids, mask = shapes_tokenizer()(["a red circle moving left"])
   out = model(ids, mask)
   assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
 
 
 def test_small_encoder_input_errors():
   model = text.SmallTextEncoder(tiny_small_config(), rngs=nnx.Rngs(0))
-  ids, mask = text.shapes_tokenizer()(["a red circle moving left"])
+  ids, mask = shapes_tokenizer()(["a red circle moving left"])
   with pytest.raises(ValueError, match="token id 99 .*vocab_size - 1 = 16"):
     model(np.where(mask, ids, 99), mask)
   with pytest.raises(ValueError, match=r"\[B, L\].*\(8,\)"):
@@ -147,6 +158,44 @@ def test_small_encoder_input_errors():
     tiny_small_config(num_heads=5)
   with pytest.raises(ValueError, match="'widht'"):
     text.small_text_config(widht=3)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The encoders' attention (layers.attention with a logit bias and masks) against a plain reference.
+
+
+def reference_attention(q, k, v, allowed, bias, scale):
+  """float64 einsum softmax attention; `allowed` [B, 1, Lq, Lk] bool; queries with no allowed key give zeros."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) * scale + np.asarray(bias, np.float64)
+  logits = np.where(allowed, logits, -np.inf)
+  top = logits.max(-1, keepdims=True)
+  p = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+  total = p.sum(-1, keepdims=True)
+  p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+  return np.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def test_encoder_attention_equals_reference():
+  rng = np.random.default_rng(0)
+  batch, length, heads, dim = 3, 9, 4, 8
+  q, k, v = (jnp.asarray(rng.standard_normal((batch, length, heads, dim)), jnp.float32) for _ in range(3))
+  padding = np.ones((batch, length), bool)
+  padding[1, 5:] = False
+  padding[2, :] = False  # An all-padding (null) prompt: every query gets zeros.
+  # T5: unscaled logits + relative-position bias from a bucket table, key-padding mask.
+  table = jnp.asarray(rng.standard_normal((8, heads)), jnp.float32)
+  bias = position_bias(table, text.t5_relative_buckets(length, length, 8, 16))
+  ours = full_attention(q, k, v, mask=jnp.asarray(padding), bias=bias, scale=1.0)
+  want = reference_attention(q, k, v, np.broadcast_to(padding[:, None, None], (batch, 1, length, length)),
+                             np.asarray(bias)[None], 1.0)
+  np.testing.assert_allclose(ours, want, rtol=0, atol=1e-5)
+  assert not np.any(np.asarray(ours[2]))
+  # CLIP: scaled logits, causal and padding mask, no bias.
+  allowed = np.tril(np.ones((length, length), bool))[None, None] & padding[:, None, None, :]
+  ours = full_attention(q, k, v, mask=jnp.asarray(allowed))
+  want = reference_attention(q, k, v, allowed, 0.0, 1 / np.sqrt(dim))
+  np.testing.assert_allclose(ours, want, rtol=0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

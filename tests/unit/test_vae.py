@@ -104,11 +104,23 @@ def test_first_frame_is_encoded_alone(vae):
 
 @pytest.mark.parametrize("chunk", [4, 8, 12])
 def test_streaming_encode_equals_whole(vae, chunk):
-  x = _video((1, 25, 32, 32, 3))  # 24 frames after the first: full chunks and (for 16) a remainder
+  x = _video((1, 25, 32, 32, 3))  # 24 frames after the first: full chunks only (the next test covers a remainder)
   whole = vae.encode(x)
   streamed = vae.encode(x, chunk_frames=chunk)
   np.testing.assert_allclose(streamed.mean, whole.mean, atol=1e-5)
   np.testing.assert_allclose(streamed.logvar, whole.logvar, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames,chunk", [(25, 16), (21, 8), (9, 16)])
+def test_streaming_encode_with_a_shorter_last_chunk_equals_whole(vae, frames, chunk):
+  """(T - 1) not a multiple of chunk_frames: the encoder's last, shorter chunk continues from the full chunks' causal
+  states (for 9 frames in chunks of 16 there is no full chunk: the remainder follows frame 0 directly)."""
+  assert (frames - 1) % chunk, "the parameters must leave a remainder"
+  x = _video((1, frames, 32, 32, 3), seed=frames)
+  whole = vae.encode(x)
+  streamed = vae.encode(x, chunk_frames=chunk)
+  np.testing.assert_allclose(streamed.mean, whole.mean, atol=1e-5)
+  np.testing.assert_allclose(streamed.std, whole.std, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 4])
@@ -158,10 +170,11 @@ def test_pixel_normalization_is_an_affine_map_around_the_network():
   plain = _with_random_head(SpacetimeVAE(tiny_vae_config(), rngs=nnx.Rngs(0)))
   normed = _with_random_head(SpacetimeVAE(tiny_vae_config(pixel_mean=mean, pixel_std=std), rngs=nnx.Rngs(0)))
   video = _video((2, 5, 16, 16, 3))
-  np.testing.assert_allclose(normed.encode(video).mean, plain.encode((video - jnp.asarray(mean)) / jnp.asarray(std)).mean,
+  pixel_mean, pixel_std = jnp.asarray(mean), jnp.asarray(std)
+  np.testing.assert_allclose(normed.encode(video).mean, plain.encode((video - pixel_mean) / pixel_std).mean,
                              rtol=1e-5, atol=1e-5)
   z = jax.random.normal(jax.random.key(1), (2, 2, 2, 2, 8))
-  np.testing.assert_allclose(normed.decode(z), plain.decode(z) * jnp.asarray(std) + jnp.asarray(mean), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(normed.decode(z), plain.decode(z) * pixel_std + pixel_mean, rtol=1e-5, atol=1e-5)
   # The untrained decoder's output is the pixel mean (the zero-initialised head outputs 0 before the inverse map).
   untrained = SpacetimeVAE(tiny_vae_config(pixel_mean=mean, pixel_std=std), rngs=nnx.Rngs(0))
   np.testing.assert_allclose(untrained.decode(z)[0, 0, 0, 0], mean, atol=1e-6)

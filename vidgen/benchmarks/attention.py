@@ -37,7 +37,8 @@ import numpy as np
 
 from vidgen.benchmarks.dit import TrainStep
 from vidgen.layers.attention import check_window
-from vidgen.models.dit import DTYPES, DiTSpec, dit_config
+from vidgen.layers.precision import DTYPES
+from vidgen.models.dit_config import DiTSpec, dit_config
 from vidgen.scaling import forward_flops
 
 KINDS = ("windowed", "full")

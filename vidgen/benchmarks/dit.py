@@ -12,8 +12,8 @@ Add `--remat dots` (or `full`) when a batch does not fit. On CPU, a smoke run in
 
 A/B comparisons: each `--vary FIELD=VALUE[,FIELD=VALUE]` adds a row with those `dit_config` fields changed (values as
 Python literals: `qk_norm=False`, `window=(5,8,8)`), and all rows' steps are timed round-robin, one step of each per
-round, so a drift in the machine's speed (common on shared VMs, where sequential medians can differ by 40%) hits
-every row alike:
+round, so a drift in the machine's speed (common on shared VMs; see docs/results.md#benchmarks) hits every row
+alike:
 
   python -m vidgen.benchmarks.dit --variant S/2 --latent 5x16x16x8 --steps 12 --vary qk_norm=True --vary num_heads=3
 
@@ -55,7 +55,10 @@ import optax
 from flax import nnx
 
 from vidgen.diffusion import LinearBetaSchedule, v_loss
-from vidgen.models.dit import DTYPES, REMAT_POLICIES, Conditioning, DiTSpec, VideoDiT, dit_config
+from vidgen.layers.precision import DTYPES
+from vidgen.layers.scan import REMAT_POLICIES
+from vidgen.models.dit import Conditioning, VideoDiT
+from vidgen.models.dit_config import DiTSpec, dit_config
 from vidgen.scaling import forward_flops
 
 # Dense bf16 peak TFLOP/s per chip, matched against the lower-cased `device_kind` in order (first match wins, so the

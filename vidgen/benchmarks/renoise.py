@@ -19,7 +19,7 @@ import collections
 
 import numpy as np
 
-from vidgen.data import ShapesDataset
+from vidgen.data.shapes import ShapesDataset
 from vidgen.data.shapes import SHAPES
 from vidgen.data.shapes.reader import prompt_following
 from vidgen.pipeline import VideoPipeline

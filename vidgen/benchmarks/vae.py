@@ -11,44 +11,22 @@ evaluation length; the training curve from metrics.jsonl (loss, train-batch PSNR
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 import jax
-import ml_collections
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vidgen import metrics
+from vidgen import metrics, runs
 from vidgen.data import to_model_range, to_uint8
 from vidgen.data.shapes.reader import prompt_following
-from vidgen.parallel import make_mesh
-from vidgen.train.checkpoint import Checkpointer, abstract_like
-from vidgen.train.vae_trainer import VAETrainer, replicate
+from vidgen.data.sources import get_source
 from vidgen.train.writers import read_metrics
 
 
-def load_trainer_and_state(workdir: str):
-  """The run's config, a VAETrainer for it and its latest checkpointed state."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir}: no config.json; is this a vidgen training workdir?")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  trainer = VAETrainer(config, make_mesh(dict(config.mesh)), workdir)
-  shardings = trainer.state_shardings()
-  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), shardings)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    state = checkpointer.restore_state_only(abstract)
-  finally:
-    checkpointer.close()
-  return config, trainer, state
-
-
 def shape_readings(videos: np.ndarray, captions) -> str:
-  """'circle 29/31  square 1/37  triangle 28/28  all three 60%': the analyzer on reconstructions, per true shape."""
+  """'circle k/n  square k/n  triangle k/n  all three p%': the reader on reconstructions, per true shape."""
   result = prompt_following(videos, list(captions))
   per_shape: dict[str, list[bool]] = {}
   for example in result["examples"]:
@@ -63,29 +41,30 @@ def main() -> None:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--clips", type=int, default=32, help="clips per split for PSNR / SSIM")
   args = parser.parse_args()
-  config, trainer, state = load_trainer_and_state(args.workdir)
+  config = runs.read_config(args.workdir)
+  vae, step = runs.load_vae(args.workdir)
+  graph, params, stats = nnx.split(vae, nnx.Param, ...)
+  encode = jax.jit(lambda p, s, v: nnx.merge(graph, p, s).encode(v).mean)
+  decode = jax.jit(lambda p, s, z: nnx.merge(graph, p, s).decode(z))
+  reconstruct = lambda v: np.asarray(jnp.clip(decode(params, stats, encode(params, stats, v)), -1.0, 1.0))
   frames = config.data.eval_frames
-  print(f"workdir {args.workdir}: step {int(state.step)}, {frames}-frame clips at "
-        f"{config.data.height}x{config.data.width}")
+  source = get_source(config.data)
+  print(f"workdir {args.workdir}: step {step}, {frames}-frame clips at {config.data.height}x{config.data.width}")
   for split in ("validation", "held_out"):
-    batch = trainer.dataset(split, frames).batch(0, args.clips)
-    videos = batch["video"]
-    recon = np.concatenate([trainer.reconstruct(state, videos[i:i + 16]) for i in range(0, len(videos), 16)])
-    x = to_model_range(videos)
+    batch = source.dataset(split, num_frames=frames).batch(0, args.clips)
+    x = to_model_range(batch["video"])
+    recon = np.concatenate([reconstruct(x[i:i + 16]) for i in range(0, len(x), 16)])
     print(f"  {split:10s} PSNR {float(np.mean(metrics.psnr(recon, x))):6.2f} dB   "
           f"SSIM {float(np.mean(metrics.ssim(recon, x))):.4f}   ({args.clips} clips)")
     print(f"  {'':10s} read back: {shape_readings(to_uint8(recon), batch['caption'])}")
 
-  graph, params = trainer.vae_graph, (state.params, state.stats)
-  x = replicate(trainer.mesh, to_model_range(trainer.dataset("validation", frames).batch(0, 4)["video"]))
-  encode = jax.jit(lambda p, s, v: nnx.merge(graph, p, s).encode(v).mean)
-  z = encode(*params, x).block_until_ready()
-  decode = jax.jit(lambda p, s, z: nnx.merge(graph, p, s).decode(z))
-  decode(*params, z).block_until_ready()
+  x = to_model_range(source.dataset("validation", num_frames=frames).batch(0, 4)["video"])
+  z = encode(params, stats, x).block_until_ready()
+  decode(params, stats, z).block_until_ready()
   for name, fn, arg in (("encode", encode, x), ("decode", decode, z)):
     start = time.perf_counter()
     for _ in range(3):
-      jax.block_until_ready(fn(*params, arg))
+      jax.block_until_ready(fn(params, stats, arg))
     seconds = (time.perf_counter() - start) / 3
     print(f"  {name}: {4 * frames / seconds:8.1f} frames/s (batch 4 x {frames} frames)")
 

@@ -1,8 +1,9 @@
-"""Datasets and input pipelines. The embedded default is `shapes` (procedural captioned moving shapes)."""
+"""Datasets and input pipelines: sources chosen by `config.data.name` (vidgen.data.sources), batch iterators, the
+latent cache. The embedded default source is `shapes` (procedural captioned moving shapes, vidgen.data.shapes)."""
 
 import numpy as np
 
-from vidgen.data.shapes import ShapesDataset, ShapesIterator
+from vidgen.data.clips import ClipIterator
 
 
 def to_model_range(video_uint8) -> np.ndarray:
@@ -15,4 +16,4 @@ def to_uint8(video) -> np.ndarray:
   return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-__all__ = ["ShapesDataset", "ShapesIterator", "to_model_range", "to_uint8"]
+__all__ = ["ClipIterator", "to_model_range", "to_uint8"]

@@ -22,11 +22,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from vidgen.errors import UserError
+
 META = "meta.json"
 FORMAT_VERSION = 1
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError, ValueError):
   """The cache on disk was built by another VAE or data config."""
 
 

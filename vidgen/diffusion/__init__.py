@@ -3,6 +3,7 @@
 Usage:
   from vidgen import diffusion
   schedule = diffusion.LinearBetaSchedule(zero_terminal_snr=True)     # W.A.L.T's schedule
+  schedule = diffusion.schedule_from_config(config.diffusion)          # a run's schedule
   loss = diffusion.v_loss(lambda z, t: model(z, t, cond), x, key, schedule, weighting="min_snr")   # [B]
   guided = diffusion.classifier_free_guidance(model, cond, null_cond, scale=4.0, rescale=0.7)
   x0 = diffusion.sample(guided, noise, schedule=schedule, sampler="ddim", num_steps=50)
@@ -10,6 +11,12 @@ Usage:
 Time t is continuous in [0, 1] (0 clean, 1 noise) everywhere; see `schedules` for how discrete DDPM steps map onto it.
 """
 
+from vidgen.diffusion.config import (
+    DEFAULT_SELF_CONDITION_PROB,
+    SCHEDULES,
+    schedule_from_config,
+    validate_diffusion_config,
+)
 from vidgen.diffusion.guidance import check_interval, classifier_free_guidance, guide, rescale_guidance
 from vidgen.diffusion.objectives import (
     WEIGHTINGS,
@@ -39,8 +46,10 @@ from vidgen.diffusion.schedules import CosineSchedule, LinearBetaSchedule, Sched
 
 __all__ = [
     "CosineSchedule",
+    "DEFAULT_SELF_CONDITION_PROB",
     "LinearBetaSchedule",
     "SAMPLERS",
+    "SCHEDULES",
     "Schedule",
     "TIMESTEP_SPACINGS",
     "Trajectory",
@@ -59,11 +68,13 @@ __all__ = [
     "sample",
     "sample_t",
     "sampling_times",
+    "schedule_from_config",
     "self_conditioned",
     "v_from_eps",
     "v_from_x",
     "v_from_x_eps",
     "v_loss",
+    "validate_diffusion_config",
     "x_from_eps",
     "x_from_v",
 ]

@@ -16,6 +16,7 @@ Backends (`backend=`), chosen at one place (`full_attention`, which `windowed_at
 
 Masks are boolean, `True` = may attend. A query whose every key is masked (e.g. an all-padding "null" caption used for
 classifier-free guidance) gets a zero output instead of NaN or an average over padding: "no context" adds nothing.
+An optional additive `bias` on the logits (T5's relative positions) goes through the same path (xla / cudnn).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidgen.layers.norms import RMSNorm
 from vidgen.parallel.sharding import constrain, logical
 
 Backend = Literal["auto", "xla", "cudnn", "splash"]
@@ -82,6 +84,7 @@ def full_attention(
     v: jax.Array,
     *,
     mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
     backend: Backend = "xla",
     scale: float | None = None,
 ) -> jax.Array:
@@ -93,6 +96,8 @@ def full_attention(
     v: values `[B, Nk, heads, d]`.
     mask: optional boolean, `True` = attend: a key-padding mask `[B, Nk]` (e.g. text padding for cross-attention)
       or a full mask broadcastable to `[B, heads, Nq, Nk]` (xla / cudnn only).
+    bias: optional float logit bias broadcastable to `[B, heads, Nq, Nk]`, added after scaling and before the mask
+      (xla / cudnn only).
     backend: "xla" (default), "cudnn", "splash" or "auto" (see the module docstring).
     scale: logit scale; default `1 / sqrt(d)`.
 
@@ -105,14 +110,17 @@ def full_attention(
   k_len = k.shape[1]
   scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
   mask4 = _normalize_mask(mask, batch, q_len, k_len)
+  bias4 = None if bias is None else _normalize_bias(bias)
   impl = resolve_backend(backend, q.dtype, head_dim)
   if impl == "xla":
-    out = _xla_attention(q, k, v, mask4, scale)
+    out = _xla_attention(q, k, v, mask4, bias4, scale)
   elif impl == "cudnn":
-    out = _cudnn_attention(q, k, v, mask4, scale)
+    out = _cudnn_attention(q, k, v, mask4, bias4, scale)
   else:
     if mask is not None and jnp.ndim(mask) != 2:
       raise ValueError("the splash backend takes only key-padding masks [B, Nk]")
+    if bias is not None:
+      raise ValueError("the splash backend takes no logit bias; use backend='xla' or 'cudnn'")
     out = _splash_attention(q, k, v, None if mask is None else jnp.asarray(mask, bool), scale)
   if mask4 is not None:
     # [B, 1|heads, Nq] -> [B, Nq, 1|heads, 1]: zero the queries that had nothing to attend to.
@@ -122,16 +130,26 @@ def full_attention(
   return out
 
 
-def _xla_attention(q, k, v, mask4, scale):
-  """Reference path: logits accumulated and normalised in float32 whatever the compute dtype."""
+def _normalize_bias(bias: jax.Array) -> jax.Array:
+  """A logit bias broadcastable to `[B, heads, Nq, Nk]` -> 4-D float32 (leading size-1 dims added)."""
+  bias = jnp.asarray(bias, jnp.float32)
+  if not 2 <= bias.ndim <= 4:
+    raise ValueError(f"bias must be broadcastable to [B, heads, Nq, Nk]; got shape {bias.shape}")
+  return bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+
+
+def _xla_attention(q, k, v, mask4, bias4, scale):
+  """Reference path: logits accumulated, biased and normalised in float32 whatever the compute dtype."""
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  if bias4 is not None:
+    logits = logits + bias4
   if mask4 is not None:
     logits = jnp.where(mask4, logits, _MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1)
   return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
 
 
-def _cudnn_attention(q, k, v, mask4, scale):
+def _cudnn_attention(q, k, v, mask4, bias4, scale):
   """cuDNN flash attention (GPU). The boolean mask is turned into a bias by JAX; layout stays BTNH."""
   if not _cudnn_supports(q.dtype, q.shape[-1]):
     raise ValueError(
@@ -140,7 +158,10 @@ def _cudnn_attention(q, k, v, mask4, scale):
   if mask4 is not None:
     # cuDNN takes the mask as a bias whose last two dims must be exactly [Nq, Nk] (no broadcasting there).
     mask4 = jnp.broadcast_to(mask4, (*mask4.shape[:2], q.shape[1], k.shape[1]))
-  return jax.nn.dot_product_attention(q, k, v, mask=mask4, scale=scale, implementation="cudnn")
+  if bias4 is not None:
+    # Same rule for the bias, which cuDNN also takes in the inputs' dtype.
+    bias4 = jnp.broadcast_to(bias4, (*bias4.shape[:2], q.shape[1], k.shape[1])).astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias4, mask=mask4, scale=scale, implementation="cudnn")
 
 
 def _round_up(n: int, m: int) -> int:
@@ -267,20 +288,6 @@ def windowed_attention(
   return einops.rearrange(out, "(b nt nh nw) (wt wh ww) n d -> b (nt wt nh wh nw ww) n d", **sizes)
 
 
-class RMSNorm(nnx.Module):
-  """RMS norm over the last axis with a learned scale, computed in float32 (used as qk-norm)."""
-
-  def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32, axis_name: str | None = "kv"):
-    self.eps = eps
-    self.scale = nnx.Param(logical(nnx.initializers.ones_init(), axis_name)(None, (dim,), param_dtype))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
-
-
-
 def heads_projection(in_features: int, shape: tuple[int, ...], *, dtype, param_dtype, rngs: nnx.Rngs
                      ) -> nnx.LinearGeneral:
   """[..., in_features] -> [..., *shape] with shape (..., heads, head_dim), e.g. (3, heads, head_dim) for fused q/k/v;
@@ -336,8 +343,8 @@ class SelfAttention(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.qkv = heads_projection(width, (3, num_heads, head_dim), **kw)
     self.out = output_projection(num_heads, head_dim, width, **kw)
-    self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
-    self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
+    self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype, axis_name="kv") if qk_norm else None
+    self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype, axis_name="kv") if qk_norm else None
 
   def window_for(self, grid: Sequence[int]) -> tuple[int, int, int] | None:
     """The attention window on a concrete token grid; None means full attention."""
@@ -394,8 +401,8 @@ class CrossAttention(nnx.Module):
     self.kv = heads_projection(context_dim, (2, num_heads, head_dim), **kw)
     # Zero-initialised: a new cross-attention layer adds nothing to the residual stream until it has learned to.
     self.out = output_projection(num_heads, head_dim, width, zero_init=True, **kw)
-    self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
-    self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
+    self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype, axis_name="kv") if qk_norm else None
+    self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype, axis_name="kv") if qk_norm else None
 
   def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
     """x: `[B, N, width]`; context: `[B, L, context_dim]`; context_mask: `[B, L]` bool (True = real token)."""

@@ -88,10 +88,8 @@ def conv3d_by_frames(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   spatial_padding: ((top, bottom), (left, right)) or "SAME" / "VALID". Returns [B, (T - kt) // st + 1, H', W', Cout].
 
   Equal to `lax.conv_general_dilated` in 3D up to float summation order. The kt input frames of each output frame
-  are stacked on channels, so the work is a single 2D convolution with kt * Cin input channels. XLA's CPU backend
-  runs 2D convolutions far better than 3D ones: on a 2-core AMD EPYC (jaxlib 0.10.2) the shapes_vae forward +
-  backward pass over 4 clips of 9x32x32 went from 352 to 120 ms, over 16 images from 295 to 82 ms (with the
-  summed taps of `CausalConv3d`). Not measured on accelerators.
+  are stacked on channels, so the work is a single 2D convolution with kt * Cin input channels, because XLA's CPU
+  backend runs 2D convolutions much faster than 3D ones (docs/results.md).
   """
   kt, kh, kw, cin, cout = kernel.shape
   st = strides[0]

@@ -3,8 +3,8 @@
 Optionally a depthwise spatial convolution on the MLP's input (as in ConvNeXt blocks; SegFormer's and SANA's Mix-FFN
 put it on the hidden activation): every token then mixes its features with those of its k x k neighbours in the same
 frame, with a separate weight per offset. Attention does that only through position embeddings; the convolution gives
-local detail (edges, corners) an inductive bias at about k^2 / (2 x hidden) of the MLP's FLOPs. On the input rather
-than the 4x wider hidden activation, a tiny video DiT's CPU training step costs 4% more instead of 2.8x.
+local detail (edges, corners) an inductive bias at about k^2 / (2 x hidden) of the MLP's FLOPs. It sits on the input
+rather than the 4x wider hidden activation, which would cost 4x the work.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ class Mlp(nnx.Module):
   def _depthwise_conv(self, h: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
     """`[B, N, C]` on `grid` -> the k x k depthwise convolution of every frame, zero-padded ("SAME").
 
-    Written as k^2 shifted multiply-adds, which XLA fuses into elementwise passes: on CPU a grouped convolution
-    (feature_group_count = C) took 5x as long on 256 channels and cut DiT training from 2.7 to 0.9 steps/s.
+    Written as k^2 shifted multiply-adds, which XLA fuses into elementwise passes; a grouped convolution
+    (feature_group_count = C) is much slower on CPU (docs/results.md).
     """
     batch, _, channels = h.shape
     k, r = self.conv_kernel, self.conv_kernel // 2

@@ -11,314 +11,33 @@ made of attributes can be embedded as the sum of one row per attribute (`class_f
 the cross-attention context (`class_tokens`), as caption tokens are for a text model. With
 AdaLN-LoRA (W.A.L.T) the per-block modulation is `A_1 + W_b^i W_a^i SiLU(c)` with `A_1 = Linear(SiLU(c))` shared.
 
-Depth is run as a `jax.lax.scan` over stacked "super-blocks" (one block per entry of `attention_pattern`), so compile
-time does not grow with depth; `remat` picks the rematerialisation policy of the scanned body.
+Depth is run as a `jax.lax.scan` over stacked "super-blocks" (one block per entry of `attention_pattern`;
+`vidgen.layers.scan`), so compile time does not grow with depth; `remat` picks the rematerialisation policy.
 
-Build from a config: `VideoDiT(dit_config("XL/2", num_classes=1000), rngs=nnx.Rngs(0))`, or
-`VideoDiT.from_variant("WALT-L", text_dim=4096, rngs=...)`.
+Build from a config (fields, variants and validation live in `vidgen.models.dit_config`):
+`VideoDiT(dit_config("XL/2", num_classes=1000), rngs=nnx.Rngs(0))`, or `VideoDiT.from_variant("WALT-L", text_dim=4096,
+rngs=...)`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
 from typing import Any, Mapping
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidgen.config import ConfigError, require
-from vidgen.layers.attention import ATTENTION_KINDS, BACKENDS, CrossAttention, RMSNorm, SelfAttention, check_window
-from vidgen.layers.embeddings import (
-    POS_EMBEDDINGS,
-    LabelEmbedder,
-    PatchEmbed,
-    SpacetimePosEmbed,
-    TimestepEmbedder,
-    token_grid,
-    unpatchify,
-)
+from vidgen.layers.attention import CrossAttention, SelfAttention
+from vidgen.layers.embeddings import LabelEmbedder, PatchEmbed, SpacetimePosEmbed, TimestepEmbedder, unpatchify
 from vidgen.layers.mlp import Mlp
+from vidgen.layers.norms import RMSNorm
+from vidgen.layers.scan import run_stacked, stacked
+from vidgen.models.dit_config import DiTSpec, dit_config
 from vidgen.parallel.sharding import constrain, logical
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-DTYPES = ("float32", "bfloat16", "float16")
-COMPUTE_DTYPES = ("auto", *DTYPES)  # "auto": bfloat16 on TPU / GPU, float32 on CPU (params stay param_dtype)
 _RESIDUAL = ("act_batch", "act_len", "act_embed")
-
-# name -> (depth, width, heads). DiT sizes from the paper's Table 1; "mu" and "Ti" are small sizes for smoke runs.
-DIT_SIZES: dict[str, tuple[int, int, int]] = {
-    "mu": (2, 64, 4),
-    "Ti": (12, 192, 3),
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
-WALT_SIZES: dict[str, tuple[int, int, int]] = {
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Config.
-
-
-def _base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.variant = ""                      # Where the defaults came from; informational.
-  c.input_size = (5, 16, 16)          # Latent (T, H, W) the model is built for (learned positions, window checks).
-  c.in_channels = 8                   # Latent channels C of z_t.
-  c.out_channels = 0                  # 0 = in_channels (v-prediction); 2 x C for DiT's learned-sigma head.
-  c.patch_size = (1, 1, 1)            # (pt, ph, pw).
-  c.width = 1152
-  c.depth = 28
-  c.num_heads = 16
-  c.mlp_ratio = 4.0
-  c.mlp_conv = 0                      # k > 0: k x k depthwise conv per frame on every MLP input; 0 = off.
-  c.attention_pattern = ("spatial", "spatiotemporal")   # Repeated over depth; entries in ATTENTION_KINDS.
-  c.window = (5, 8, 8)                # Spatiotemporal window in tokens (wt, wh, ww), clamped to the token grid.
-  c.qk_norm = True
-  c.adaln_lora_rank = 2               # 0 = a full Linear(6D) adaLN per block (DiT).
-  c.pos_embedding = "learned"         # "learned" | "sincos".
-  c.num_classes = 0                   # 0 = no class conditioning; otherwise a table of num_classes + 1 (null).
-  c.class_factors = ()                # () = one row per class; (n_0, ..., n_k): summed attribute rows (LabelEmbedder).
-  c.class_tokens = False              # Also cross-attend to the label's rows (one token per factor); needs text_dim=0.
-  c.text_dim = 0                      # 0 = no cross-attention; otherwise the width of the text-encoder tokens.
-  c.pooled_text = False               # Also add the mean caption token (projected) to the adaLN conditioning.
-  c.task_channels = 0                 # Extra latent channels for task conditioning (mask + known latents); 0 = off.
-  # Concatenate the previous x estimate (C channels) on the input (W.A.L.T). The DiT trainer trains it with
-  # `diffusion.self_conditioned` (probability `diffusion.self_condition_prob`); VideoPipeline samples with
-  # `diffusion.sample(..., self_condition=True)`.
-  c.self_condition = False
-  c.freq_dim = 256                    # Sinusoidal timestep features.
-  c.time_scale = 1000.0               # t in [0, 1] is multiplied by this before the sinusoid.
-  c.dtype = "auto"                    # Compute dtype; "auto" = bfloat16 on TPU / GPU, float32 on CPU.
-  c.param_dtype = "float32"
-  c.remat = "none"                    # REMAT_POLICIES.
-  c.scan_layers = True                # False unrolls depth (same weights): debugging, and shallow models on CPU.
-  c.attention_backend = "auto"        # BACKENDS.
-  return c
-
-
-def decode_variant(variant: str) -> dict[str, Any]:
-  """Model-size string -> config fields (big_vision style).
-
-  DiT: `"XL/2"`, `"DiT-B/4"` (1-frame, patch (1, p, p)), or an explicit `"L/1x2x2"` (pt x ph x pw).
-  W.A.L.T: `"WALT-L"`, `"WALT-XL"` (patch 1, AdaLN-LoRA r=2, qk-norm, alternating spatial/spatiotemporal windows),
-  optionally with a patch suffix (`"WALT-L/1x2x2"`).
-  """
-  m = re.fullmatch(r"(?:(DiT|WALT|W\.A\.L\.T)-)?([A-Za-z]+)(?:/(\d+(?:x\d+x\d+)?))?", variant.strip())
-  if not m:
-    raise ConfigError(f"config.dit.variant: cannot parse {variant!r}; expected e.g. 'XL/2', 'B/1x2x2' or 'WALT-L'")
-  family, size, patch = m.group(1), m.group(2), m.group(3)
-  walt = family in ("WALT", "W.A.L.T")
-  sizes = WALT_SIZES if walt else DIT_SIZES
-  if size not in sizes:
-    raise ConfigError(f"config.dit.variant: size {size!r} is not known for {'W.A.L.T' if walt else 'DiT'}; "
-                      f"allowed: {sorted(sizes)}")
-  if patch is None:
-    if not walt:
-      raise ConfigError(f"config.dit.variant: {variant!r} needs a patch size, e.g. '{size}/2'")
-    patch_size = (1, 1, 1)
-  elif "x" in patch:
-    patch_size = tuple(int(p) for p in patch.split("x"))
-  else:
-    patch_size = (1, int(patch), int(patch))
-  depth, width, heads = sizes[size]
-  fields: dict[str, Any] = dict(variant=variant, depth=depth, width=width, num_heads=heads, patch_size=patch_size)
-  if walt:
-    fields.update(input_size=(5, 16, 16), in_channels=8, attention_pattern=("spatial", "spatiotemporal"),
-                  window=(5, 8, 8), qk_norm=True, adaln_lora_rank=2, pos_embedding="learned")
-  else:
-    # The DiT paper model: one 32x32x4 latent frame, full attention, fixed sin-cos positions, per-block adaLN.
-    fields.update(input_size=(1, 32, 32), in_channels=4, attention_pattern=("full",), qk_norm=False,
-                  adaln_lora_rank=0, pos_embedding="sincos")
-  return fields
-
-
-def dit_config(variant: str | None = None, **overrides: Any) -> ml_collections.ConfigDict:
-  """Full VideoDiT config: defaults, then the fields of `variant` (see `decode_variant`), then `overrides`.
-
-  Unknown override names raise ConfigError (typos must not be silently ignored).
-  """
-  config = _base_config()
-  if variant:
-    for key, value in decode_variant(variant).items():
-      config[key] = value
-  for key, value in overrides.items():
-    if key not in config:
-      raise ConfigError(f"config.dit.{key}: not a VideoDiT field; allowed: {sorted(config.keys())}")
-    try:
-      config[key] = tuple(value) if isinstance(value, list) else value
-    except TypeError as e:  # ConfigDict refuses a value of another type than the default.
-      raise ConfigError(f"config.dit.{key}: {e}") from None
-  validate_config(config)
-  return config
-
-
-@dataclasses.dataclass(frozen=True)
-class DiTSpec:
-  """The validated, typed, hashable form of a VideoDiT config (what modules keep as static attributes)."""
-
-  input_size: tuple[int, int, int]
-  in_channels: int
-  out_channels: int
-  patch_size: tuple[int, int, int]
-  width: int
-  depth: int
-  num_heads: int
-  mlp_ratio: float
-  mlp_conv: int
-  attention_pattern: tuple[str, ...]
-  window: tuple[int, int, int]
-  qk_norm: bool
-  adaln_lora_rank: int
-  pos_embedding: str
-  num_classes: int
-  class_factors: tuple[int, ...]
-  class_tokens: bool
-  text_dim: int
-  pooled_text: bool
-  task_channels: int
-  self_condition: bool
-  freq_dim: int
-  time_scale: float
-  dtype: str
-  param_dtype: str
-  remat: str
-  scan_layers: bool
-  attention_backend: str
-
-  @classmethod
-  def from_config(cls, config: Mapping[str, Any] | "DiTSpec") -> "DiTSpec":
-    if isinstance(config, DiTSpec):
-      return config
-    validate_config(config)
-    base = _base_config()
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-      value = config[field.name] if field.name in config else base[field.name]
-      if field.name == "attention_pattern":
-        kwargs[field.name] = tuple(str(v) for v in value)
-      elif isinstance(base[field.name], tuple):
-        kwargs[field.name] = tuple(int(v) for v in value)
-      else:  # Cast to the default's type: values from JSON or the command line may arrive as other numerics.
-        kwargs[field.name] = type(base[field.name])(value)
-    kwargs["out_channels"] = kwargs["out_channels"] or kwargs["in_channels"]
-    return cls(**kwargs)
-
-  @property
-  def input_channels(self) -> int:
-    """Channels entering the patch embedding: latent + task slot + self-conditioning estimate."""
-    return self.in_channels + self.task_channels + (self.in_channels if self.self_condition else 0)
-
-  @property
-  def cross_attention(self) -> bool:
-    """Blocks cross-attend: to caption tokens (text_dim) or to the class label's rows (class_tokens)."""
-    return bool(self.text_dim) or self.class_tokens
-
-  @property
-  def head_dim(self) -> int:
-    return self.width // self.num_heads
-
-  @property
-  def mlp_hidden(self) -> int:
-    return int(self.width * self.mlp_ratio)
-
-  @property
-  def token_grid(self) -> tuple[int, int, int]:
-    return token_grid(self.input_size, self.patch_size)
-
-  @property
-  def num_super_blocks(self) -> int:
-    return self.depth // len(self.attention_pattern)
-
-  @property
-  def compute_dtype(self):
-    if self.dtype == "auto":
-      return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-
-def validate_config(config: Mapping[str, Any]) -> None:
-  """Checks every VideoDiT field before anything is built; ConfigError names the field and the allowed values."""
-  base = _base_config()
-  unknown = sorted(set(config.keys()) - set(base.keys()))
-  require(not unknown, f"dit.{unknown[0] if unknown else ''}", f"not a VideoDiT field; allowed: {sorted(base.keys())}")
-  get = lambda k: config[k] if k in config else base[k]  # noqa: E731
-
-  def integer(name, minimum):
-    value = get(name)
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
-    require(ok, f"dit.{name}", f"must be an integer >= {minimum}{' (0 = off)' if minimum == 0 else ''}, "
-            f"got {value!r}")
-    return int(value)
-
-  def triple(name):
-    value = get(name)
-    ok = (isinstance(value, (tuple, list)) and len(value) == 3
-          and all(isinstance(v, (int, np.integer)) and v >= 1 for v in value))
-    require(ok, f"dit.{name}", f"must be three positive integers (t, h, w), got {value!r}")
-    return tuple(int(v) for v in value)
-
-  input_size, patch, window = triple("input_size"), triple("patch_size"), triple("window")
-  for axis, s, p in zip("thw", input_size, patch):
-    require(s % p == 0, "dit.patch_size",
-            f"{patch} must divide dit.input_size {input_size} (along {axis}: {s} % {p} != 0)")
-  for name in ("in_channels", "freq_dim"):
-    integer(name, 1)
-  for name in ("out_channels", "num_classes", "text_dim", "task_channels", "adaln_lora_rank"):
-    integer(name, 0)
-  factors = get("class_factors")
-  if factors:
-    ok = (isinstance(factors, (tuple, list))
-          and all(isinstance(f, (int, np.integer)) and not isinstance(f, bool) and f >= 1 for f in factors))
-    require(ok and get("num_classes") > 0 and math.prod(factors) == get("num_classes"), "dit.class_factors",
-            f"must be positive integers whose product is dit.num_classes={get('num_classes')} (or () for one row "
-            f"per class), got {factors!r}")
-  mlp_conv = integer("mlp_conv", 0)
-  require(mlp_conv == 0 or mlp_conv % 2 == 1, "dit.mlp_conv", f"must be 0 (off) or odd (3, 5, ...), got {mlp_conv}")
-  width, heads, depth = integer("width", 1), integer("num_heads", 1), integer("depth", 1)
-  require(width % heads == 0, "dit.num_heads", f"{heads} must divide dit.width {width}")
-  require(float(get("mlp_ratio")) > 0, "dit.mlp_ratio", f"must be positive, got {get('mlp_ratio')!r}")
-  pattern = tuple(get("attention_pattern"))
-  require(len(pattern) >= 1 and all(k in ATTENTION_KINDS for k in pattern), "dit.attention_pattern",
-          f"must be a non-empty sequence of {ATTENTION_KINDS}, got {pattern!r}")
-  require(depth % len(pattern) == 0, "dit.depth",
-          f"{depth} must be a multiple of len(dit.attention_pattern) = {len(pattern)} (blocks are scanned in groups)")
-  if "spatiotemporal" in pattern:
-    grid = tuple(s // p for s, p in zip(input_size, patch))
-    try:
-      check_window(grid, window)
-    except ValueError as e:
-      raise ConfigError(f"config.dit.window: {e}") from None
-  if get("class_tokens"):
-    require(get("num_classes") > 0 and get("text_dim") == 0, "dit.class_tokens",
-            f"needs class labels and no captions (num_classes > 0, text_dim = 0), got num_classes="
-            f"{get('num_classes')}, text_dim={get('text_dim')}")
-  if get("pooled_text"):
-    require(get("text_dim") > 0, "dit.pooled_text", "needs captions (dit.text_dim > 0)")
-  pos = get("pos_embedding")
-  require(pos in POS_EMBEDDINGS, "dit.pos_embedding", f"must be one of {POS_EMBEDDINGS}, got {pos!r}")
-  if pos == "sincos":
-    require(width % 4 == 0, "dit.width", f"sin-cos positions need a width divisible by 4, got {width}")
-  require(get("dtype") in COMPUTE_DTYPES, "dit.dtype", f"must be one of {COMPUTE_DTYPES}, got {get('dtype')!r}")
-  require(get("param_dtype") in DTYPES, "dit.param_dtype", f"must be one of {DTYPES}, got {get('param_dtype')!r}")
-  require(get("remat") in REMAT_POLICIES, "dit.remat", f"must be one of {REMAT_POLICIES}, got {get('remat')!r}")
-  require(get("attention_backend") in BACKENDS, "dit.attention_backend",
-          f"must be one of {BACKENDS}, got {get('attention_backend')!r}")
-  require(float(get("time_scale")) > 0, "dit.time_scale", f"must be positive, got {get('time_scale')!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -356,15 +75,12 @@ def null_conditioning(cond: Conditioning, num_classes: int) -> Conditioning:
   return cond.replace(labels=labels, text_mask=text_mask)
 
 
-def drop_conditioning(cond: Conditioning, key: jax.Array, prob: float, num_classes: int) -> Conditioning:
-  """Per-example guidance dropout: with probability `prob` an example's label / caption becomes null."""
-  batch = None
-  for x in (cond.labels, cond.text):
-    if x is not None:
-      batch = x.shape[0]
-  if batch is None or prob <= 0:
-    return cond
-  drop = jax.random.bernoulli(key, prob, (batch,))
+def drop_conditioning(cond: Conditioning, drop: jax.Array, num_classes: int) -> Conditioning:
+  """Per-example guidance dropout: where `drop` (bool [B]) is True the example's label / caption becomes null.
+
+  The caller draws `drop` (e.g. `jax.random.bernoulli(key, p, (B,))`) for the whole batch, so splitting the batch
+  into micro-batches does not change which examples are dropped.
+  """
   labels = cond.labels
   if labels is not None:
     labels = jnp.where(drop, num_classes, labels)
@@ -469,14 +185,6 @@ class FinalLayer(nnx.Module):
     return self.proj(_modulate(x, shift, scale, self.dtype))
 
 
-def _remat_policy(name: str):
-  return {
-      "full": None,  # Save nothing but the block inputs: recompute everything in the backward pass.
-      "dots": jax.checkpoint_policies.checkpoint_dots,
-      "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-  }[name]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The model.
 
@@ -500,7 +208,7 @@ class VideoDiT(nnx.Module):
                         if spec.num_classes else None)
     # Label rows start at std 0.02 (DiT's table init, sized for adding to c); as cross-attention tokens they are
     # RMS-normalised, as a text encoder's final norm does for caption tokens, so their values matter from step 0.
-    self.label_token_norm = (RMSNorm(d, param_dtype=pdtype, axis_name="embed") if spec.class_tokens else None)
+    self.label_token_norm = RMSNorm(d, param_dtype=pdtype, axis_name="embed") if spec.class_tokens else None
     self.text_proj = nnx.data(None)
     if spec.text_dim:
       self.text_proj = nnx.Linear(
@@ -520,13 +228,7 @@ class VideoDiT(nnx.Module):
                                    bias_init=logical(zeros, "mlp"), rngs=rngs)
 
     # Stacked super-blocks: every parameter gets a leading "layers" axis of size depth / len(pattern).
-    @nnx.split_rngs(splits=spec.num_super_blocks)
-    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=spec.num_super_blocks,
-              transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def make_blocks(rngs: nnx.Rngs) -> SuperBlock:
-      return SuperBlock(spec, rngs=rngs)
-
-    self.blocks = make_blocks(rngs)
+    self.blocks = stacked(lambda r: SuperBlock(spec, rngs=r), spec.num_super_blocks, rngs)
     self.final = FinalLayer(spec, rngs=rngs)
 
   @classmethod
@@ -578,24 +280,6 @@ class VideoDiT(nnx.Module):
     context = self.text_proj(text)
     return constrain(context, _RESIDUAL), mask.astype(bool)
 
-  def _run_blocks(self, x, c_act, ada_shared, grid, context, context_mask):
-    spec = self.spec
-    graphdef, state = nnx.split(self.blocks)
-
-    def body(h, layer_state):
-      block = nnx.merge(graphdef, layer_state)
-      return block(h, c_act, ada_shared, grid, context, context_mask), None
-
-    if spec.remat != "none":
-      # prevent_cse only matters outside scan (scan already stops CSE across iterations) and costs performance there.
-      body = jax.checkpoint(body, policy=_remat_policy(spec.remat), prevent_cse=not spec.scan_layers)
-    if spec.scan_layers:
-      x, _ = jax.lax.scan(body, x, state)
-    else:
-      for i in range(spec.num_super_blocks):
-        x, _ = body(x, jax.tree.map(lambda a: a[i], state))
-    return x
-
   def __call__(self, z_t: jax.Array, t: jax.Array, cond: Conditioning | None = None) -> jax.Array:
     """Predicts v (or whatever the objective trains) for noisy latents.
 
@@ -638,7 +322,8 @@ class VideoDiT(nnx.Module):
     c_act = jax.nn.silu(c)
     ada_shared = None if self.ada_shared is None else self.ada_shared(c_act)
 
-    x = self._run_blocks(x, c_act, ada_shared, grid, context, context_mask)
+    x = run_stacked(self.blocks, x, c_act, ada_shared, grid, context, context_mask, remat=spec.remat,
+                    scan=spec.scan_layers)
     out = self.final(x, c_act)
     out = unpatchify(out, grid, spec.patch_size, spec.out_channels)
     return out.astype(z_t.dtype)

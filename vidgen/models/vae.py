@@ -20,7 +20,7 @@ high-resolution levels also see fewer frames.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import flax.struct
 import jax
@@ -124,6 +124,13 @@ def validate_vae_config(config: ml_collections.ConfigDict) -> tuple[int, int]:
     except TypeError as e:
       raise ValueError(f"config.vae.{field}: not a dtype name: {config[field]!r}") from e
   return n_space, n_time
+
+
+def latent_grid(config: Mapping[str, Any], num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+  """The latent (T', H', W') of a num_frames x height x width clip: the first frame alone, then temporal_downsample
+  frames per latent frame; spatial_downsample pixels per latent pixel."""
+  ft, fs = config["temporal_downsample"], config["spatial_downsample"]
+  return 1 + (num_frames - 1) // ft, height // fs, width // fs
 
 
 class _States:

@@ -15,6 +15,7 @@ import contextvars
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -113,6 +114,12 @@ def state_shardings(state, rules, mesh: Mesh):
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def replicate(mesh: Mesh, x) -> jax.Array:
+  """The same host array on every process -> a global array replicated over `mesh`."""
+  x = np.asarray(x)
+  return jax.make_array_from_process_local_data(replicated(mesh), x, x.shape)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,8 @@ from flax import nnx
 
 from vidgen.layers.attention import check_window
 from vidgen.layers.embeddings import token_grid
-from vidgen.models.dit import DiTSpec, VideoDiT
+from vidgen.models.dit import VideoDiT
+from vidgen.models.dit_config import DiTSpec
 
 
 def _window_tokens(kind: str, grid: Sequence[int], window: Sequence[int]) -> int:

@@ -1,14 +1,8 @@
-"""The training loop shared by every trainer: Mesh -> Input -> State -> Step -> Checkpoint -> Eval -> Loop.
+"""The training loop shared by every trainer: Input -> State -> Step -> Checkpoint -> Eval -> Loop.
 
-A trainer (`vidgen.train.TRAINERS[config.trainer]`) supplies the model-specific parts: `init_state(key)`,
-`state_shardings()`, `train_step(state, batch, phase)`, `phase(step)` (a hashable selecting a compiled variant),
-`make_iterator(process_index, process_count)`, `host_batch(batch)`, `evaluate(state, step)`, `finalize(state)`.
-`make_iterator(index, count)` must yield rows [index * n, (index + 1) * n) of each global batch (n = batch / count);
-the loop passes this process's block of the batch sharding, which is the process index on the usual meshes.
-Optional: `validate_mesh(config, mesh_shape)` (a static/class method, called before the trainer is built, with the
-resolved {"data", "fsdp", "tensor"} sizes; raises ConfigError naming the field) and `model_flops_per_step()` (FLOPs of
-one step over all devices, for the MFU fields; without it XLA's cost analysis of the step is used).
-Everything the run produces lands in `workdir`: config.json, metrics.jsonl, tensorboard/, checkpoints/, samples/.
+`run(trainer, config, mesh, workdir)` trains one model; the model-specific parts come from a `Trainer`
+(vidgen.train.trainer), and multi-stage runs are composed in `vidgen.train.stages`. Everything the run produces lands
+in `workdir`: config.json, metrics.jsonl, tensorboard/, checkpoints/, samples/.
 
 Reliability: SIGTERM stops the run at a step boundary with a checkpoint (`Preempted`, exit code 75 from the CLI); a
 restart resumes from the newest checkpoint that restores and verifies, skipping corrupted ones; with
@@ -27,26 +21,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vidgen.checkpoint import Checkpointer, abstract_like
 from vidgen.config import ConfigError, require
-from vidgen.parallel import batch_sharding, make_mesh, replicated
+from vidgen.parallel import batch_sharding, replicated
 from vidgen.parallel.distributed import batch_shard
 from vidgen.parallel.mesh import MESH_AXES, resolve_mesh_shape
-from vidgen.train.checkpoint import Checkpointer, abstract_like
 from vidgen.train.preemption import Preempted, PreemptionWatcher
+from vidgen.train.trainer import Trainer
 from vidgen.train.writers import RunWriter, log, peak_tflops_per_device
 
 COMMON_FIELDS = ("trainer", "seed", "total_steps", "batch_size", "log_every", "checkpoint_every", "sample_every",
                  "mesh", "sharding_rules")
-
-
-def get_trainer_class(name: str):
-  from vidgen.train.dit_trainer import DiTTrainer  # imported here: trainers pull in their models
-  from vidgen.train.vae_trainer import VAETrainer
-
-  trainers = {"vae": VAETrainer, "dit": DiTTrainer}
-  if name not in trainers:
-    raise ConfigError(f"config.trainer: unknown trainer {name!r}; allowed: {sorted(trainers)}")
-  return trainers[name]
 
 
 def validate_common(config: ml_collections.ConfigDict, num_devices: int | None = None) -> tuple[int, ...]:
@@ -74,13 +59,6 @@ def require_splittable_batch(field: str, size: int, mesh_shape: dict[str, int]) 
                                             f"{mesh_shape['fsdp']} = {data_parallel}, got {size}")
   require(size % jax.process_count() == 0, field,
           f"must be divisible by the number of processes ({jax.process_count()}), got {size}")
-
-
-def validate_parallelism(trainer_cls, config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
-  """The trainer's own mesh checks (e.g. attention heads divisible by the tensor axis), if it has any."""
-  check = getattr(trainer_cls, "validate_mesh", None)
-  if check is not None:
-    check(config, dict(zip(MESH_AXES, shape)))
 
 
 def _global_batch(mesh, batch: dict[str, np.ndarray], shard_count: int) -> dict[str, jax.Array]:
@@ -135,11 +113,11 @@ def _loop_step(train_step, skip_nonfinite: bool):
   return step
 
 
-def _flops_per_step(trainer, lowered) -> float | None:
+def _flops_per_step(trainer: Trainer, phase, lowered) -> float | None:
   """The trainer's count if it has one, else XLA's estimate for the whole (unpartitioned) step program."""
-  count = getattr(trainer, "model_flops_per_step", None)
+  count = trainer.model_flops_per_step(phase)
   if count is not None:
-    return float(count())
+    return float(count)
   try:
     cost = lowered.cost_analysis()
   except Exception:  # not every backend implements cost analysis; the run goes on without the MFU fields
@@ -150,24 +128,21 @@ def _flops_per_step(trainer, lowered) -> float | None:
   return flops if flops > 0 else None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
-  """Trains `config` in `workdir`, resuming from its latest good checkpoint if there is one. Returns the final state.
-
-  Raises `Preempted` (after saving a checkpoint at that step) when SIGTERM arrives; call it again to resume.
-  """
-  jax.config.update("jax_threefry_partitionable", True)
-  mesh_shape = validate_common(config)
-  trainer_cls = get_trainer_class(config.trainer)
-  validate_parallelism(trainer_cls, config, mesh_shape)
-  workdir = os.path.abspath(workdir)
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """workdir/config.json: the run's full config, read back by `vidgen.runs` (process 0 writes it)."""
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  # Mesh.
-  mesh = make_mesh(dict(config.mesh))
-  trainer = trainer_cls(config, mesh, workdir)  # validates its own config fields before anything compiles
+
+def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str) -> Any:
+  """Trains `trainer` in `workdir`, resuming from its latest good checkpoint if there is one. Returns the final state.
+
+  `config` is the validated config of this model (its common fields: steps, batch, logging, mesh). Raises
+  `Preempted` (after saving a checkpoint at that step) when SIGTERM arrives; call it again to resume.
+  """
+  write_config(config, workdir)
 
   # Input: this process's block of rows of every global batch, as the batch sharding places them.
   shard_index, shard_count = batch_shard(mesh, config.batch_size)
@@ -216,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
       if variant not in executables:
         jax.block_until_ready(state)
         lowered = train_step.lower(state, batch, counters, phase)
-        executables[variant] = (lowered.compile(), _flops_per_step(trainer, lowered))
+        executables[variant] = (lowered.compile(), _flops_per_step(trainer, phase, lowered))
         writer.reset_timer(step)
       executable, flops = executables[variant]
       state, metrics, counters = executable(state, batch, counters)
@@ -258,3 +233,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     checkpointer.close()
     writer.close()
   return state
+
+
+def restore_state(trainer: Trainer, workdir: str, step: int | None = None) -> Any:
+  """The whole train state of `trainer`'s run in `workdir` at `step` (default: the newest), with its shardings.
+
+  For inspecting or continuing a run; inference reads only the weights, through `vidgen.runs`.
+  """
+  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    return checkpointer.restore_state_only(abstract, step)
+  finally:
+    checkpointer.close()

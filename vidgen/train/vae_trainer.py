@@ -26,13 +26,13 @@ import optax
 from flax import nnx
 
 from vidgen import media, metrics
-from vidgen.config import read_run_config, require
-from vidgen.data import ShapesDataset, ShapesIterator, to_model_range, to_uint8
+from vidgen.config import require
+from vidgen.data import ClipIterator, to_model_range, to_uint8
 from vidgen.data.interleave import Interleave
+from vidgen.data.sources import get_source
 from vidgen.models.discriminator import PatchDiscriminator3D
 from vidgen.models.vae import SpacetimeVAE, validate_vae_config
-from vidgen.parallel import axis_rules, make_mesh, state_shardings
-from vidgen.train.checkpoint import Checkpointer, restore_trainer_state
+from vidgen.parallel import axis_rules, replicate, state_shardings
 from vidgen.train.loop import require_splittable_batch
 from vidgen.train.optim import make_optimizer, optimizer_state_shardings, validate_optimizer_config
 
@@ -57,8 +57,10 @@ class VAEState:
   disc_opt_state: Any
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
+def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int]) -> None:
+  """The VAE run's own fields (the common ones are checked by the loop), before anything is built."""
   validate_vae_config(config.vae)
+  get_source(config.data)
   validate_optimizer_config(config.optimizer)
   validate_optimizer_config(config.discriminator.optimizer, "discriminator.optimizer")
   loss = config.loss
@@ -84,20 +86,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(data.crop_size == 0 or (data.crop_size % fs == 0 and data.crop_size <= min(data.height, data.width)),
           "data.crop_size", f"must be 0 (whole frames) or a multiple of vae.spatial_downsample={fs} no larger than "
                             f"{data.height}x{data.width}, got {data.crop_size}")
+  if data.image_every:  # image batches are split over the batch axes like clip batches
+    require_splittable_batch("data.image_batch_size", data.image_batch_size, mesh_shape)
 
 
 class VAETrainer:
   """Everything the generic loop needs to train a SpacetimeVAE: state, step, data, evaluation."""
 
-  @staticmethod
-  def validate_mesh(config: ml_collections.ConfigDict, mesh_shape: dict[str, int]) -> None:
-    """Image batches are split over the batch axes like clip batches (and fed by every process's share)."""
-    if config.data.image_every:
-      require_splittable_batch("data.image_batch_size", config.data.image_batch_size, mesh_shape)
-
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str):
-    validate_config(config)
+    """`config` validated by `validate_config`."""
     self.config, self.mesh, self.workdir = config, mesh, workdir
+    self.source = get_source(config.data)
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
     abstract_vae = nnx.eval_shape(lambda: SpacetimeVAE(config.vae, rngs=nnx.Rngs(0)))
     self.vae_graph, vae_params, vae_stats = nnx.split(abstract_vae, nnx.Param, ...)
@@ -138,20 +137,20 @@ class VAETrainer:
 
   # -- data --------------------------------------------------------------------------------------------------------
 
-  def dataset(self, split: str, num_frames: int, crop_size: int = 0) -> ShapesDataset:
-    return ShapesDataset.from_config(self.config.data, split, num_frames=num_frames, crop_size=crop_size,
-                                     crop_grid=self.config.vae.spatial_downsample)
+  def dataset(self, split: str, num_frames: int, crop_size: int = 0):
+    return self.source.dataset(split, num_frames=num_frames, crop_size=crop_size,
+                               crop_grid=self.config.vae.spatial_downsample)
 
-  def make_iterator(self, process_index: int, process_count: int) -> ShapesIterator | Interleave:
+  def make_iterator(self, process_index: int, process_count: int) -> ClipIterator | Interleave:
     """Training clips, cut to `data.crop_size` windows when set (evaluation always sees whole frames); with
     `data.image_every` > 0, every image_every-th batch is `data.image_batch_size` 1-frame clips instead."""
     d = self.config.data
     shards = dict(process_index=process_index, process_count=process_count)
-    clips = ShapesIterator(self.dataset("train", d.num_frames, d.crop_size), global_batch=self.config.batch_size,
-                           **shards)
+    clips = ClipIterator(self.dataset("train", d.num_frames, d.crop_size), global_batch=self.config.batch_size,
+                         **shards)
     if not d.image_every:
       return clips
-    images = ShapesIterator(self.dataset("train", 1, d.crop_size), global_batch=d.image_batch_size, **shards)
+    images = ClipIterator(self.dataset("train", 1, d.crop_size), global_batch=d.image_batch_size, **shards)
     return Interleave(clips, images, d.image_every)
 
   @staticmethod
@@ -164,6 +163,9 @@ class VAETrainer:
   def phase(self, step: int) -> bool:
     """Static variant of the step: whether the GAN is active."""
     return self.config.loss.gan_weight > 0 and step >= self.config.loss.gan_start
+
+  def model_flops_per_step(self, phase: bool) -> None:
+    return None  # convolutions and the GAN: XLA's cost analysis of the compiled step counts them
 
   def train_step(self, state: VAEState, batch: dict, use_gan: bool) -> tuple[VAEState, dict]:
     with axis_rules(self.mesh, self.rules):
@@ -281,37 +283,3 @@ class VAETrainer:
     _, _, stats = nnx.split(vae, nnx.Param, ...)
     stats = jax.tree.map(lambda v, s: jax.device_put(v, s), stats.to_pure_dict(), self._stats_shardings)
     return state.replace(stats=stats)
-
-
-def replicate(mesh: jax.sharding.Mesh, x: np.ndarray) -> jax.Array:
-  """The same host array on every process -> a global array replicated over `mesh`."""
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.make_array_from_process_local_data(sharding, np.asarray(x), x.shape)
-
-
-def vae_run_finished(workdir: str) -> bool:
-  """Whether `workdir` holds a VAE run that reached its last step (so its latent statistics are measured)."""
-  if not os.path.exists(os.path.join(workdir, "config.json")):
-    return False
-  config = read_run_config(workdir)
-  step = Checkpointer.latest_step_in(os.path.join(workdir, "checkpoints"))
-  return step is not None and step >= config.total_steps
-
-
-def load_vae(workdir: str, mesh: jax.sharding.Mesh | None = None) -> tuple[SpacetimeVAE, int]:
-  """The trained SpacetimeVAE of the VAE run in `workdir` (latest checkpoint, with its latent statistics).
-
-  Returns (vae, step). The parameters are placed on `mesh` (default: all local devices, replicated).
-  """
-  config = read_run_config(workdir)
-  if config.get("trainer") != "vae":
-    raise ValueError(f"{workdir} holds a {config.get('trainer')!r} run, not a VAE run (trainer 'vae')")
-  step = Checkpointer.latest_step_in(os.path.join(workdir, "checkpoints"))
-  if step is None:
-    raise FileNotFoundError(f"{workdir}: the VAE run has no checkpoint yet; train it with `vidgen train`")
-  if step < config.total_steps:
-    raise ValueError(f"{workdir}: the VAE run stopped at step {step} of {config.total_steps}; its latent statistics "
-                     "are measured at the last step, so finish it first (run the same `vidgen train` command again)")
-  mesh = make_mesh({"data": -1}) if mesh is None else mesh
-  trainer = VAETrainer(config, mesh, workdir)
-  return trainer.vae(restore_trainer_state(trainer, workdir, step)), step

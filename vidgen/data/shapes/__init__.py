@@ -13,14 +13,14 @@ from vidgen.data.shapes.dataset import (
     SPLITS,
     Clip,
     ShapesDataset,
-    ShapesIterator,
     caption,
     class_attributes,
     class_id,
     parse_combination,
     render,
 )
+from vidgen.data.shapes.tokenizer import shapes_tokenizer
 
 __all__ = ["CLASS_FACTORS", "COLOR_NAMES", "COLORS", "DIRECTION_NAMES", "DIRECTIONS", "GEOMETRY_FIELDS", "NUM_CLASSES",
-           "SHAPES", "SPLITS", "Clip", "ShapesDataset", "ShapesIterator", "caption", "class_attributes", "class_id",
-           "parse_combination", "render"]
+           "SHAPES", "SPLITS", "Clip", "ShapesDataset", "caption", "class_attributes", "class_id",
+           "parse_combination", "render", "shapes_tokenizer"]

@@ -1,10 +1,11 @@
 """Evaluation of a trained DiT run on the embedded data: sample videos, prompt-following, VAE reconstruction.
 
-Prompt-following generates clips for captions and reads them back with the deterministic analyzer in
-`vidgen.data.shapes.reader` (dominant color, shape by symmetry and fill ratio, direction of motion); a clip
-counts only when all three attributes are right. It is reported separately for combinations seen in training and for
-the held-out ones (`config.data.held_out`), which the model only knows through their words. Used by the DiT trainer at
-its last step and by `vidgen eval`.
+Prompt-following generates clips for every color x shape x direction combination, several per combination with noise
+of their own, and reads them back with the deterministic reader in `vidgen.data.shapes.reader`, which reads "none"
+where a clip is not a dataset clip; a clip counts only when all three attributes are right. It is reported separately
+for combinations seen in training and for the held-out ones (`config.data.held_out`), which the model only knows
+through their words, with 95% Wilson intervals and the number of clips the reader abstained on. Used by the DiT
+trainer at its last step and by `vidgen eval`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import numpy as np
 from flax import nnx
 
 from vidgen import media, metrics
+from vidgen.config import require
 from vidgen.data import to_model_range
 from vidgen.data.shapes.dataset import COLOR_NAMES, DIRECTION_NAMES, SHAPES, ShapesDataset, caption, parse_combination
 from vidgen.data.shapes.reader import prompt_following
+from vidgen.errors import ConfigError
+from vidgen.metrics.intervals import wilson_interval
 
 
 def _sample_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -46,23 +50,64 @@ def write_samples(pipe, config: ml_collections.ConfigDict, directory: str, step:
   return videos
 
 
+# config.eval: required fields, then optional ones with their defaults. Any other field is refused, so that a setting
+# the evaluation would ignore (e.g. the former `seen_combinations`) cannot pass for one it applies.
+EVAL_FIELDS = ("at_end", "seed", "samples_per_combination", "batch_size", "reconstruction_clips")
+OPTIONAL_EVAL_FIELDS = {
+    "held_out_samples_per_combination": None,  # None: samples_per_combination
+    "combinations": (),  # () = every color x shape x direction; else only these ("red circle left", ...)
+}
+
+
+def validate_eval_config(config: ml_collections.ConfigDict) -> None:
+  """Checks `config.eval` (and its combinations against `config.data.held_out`); raises ConfigError naming the field."""
+  e = config.eval
+  unknown = sorted(set(e.keys()) - set(EVAL_FIELDS) - set(OPTIONAL_EVAL_FIELDS))
+  if "seen_combinations" in unknown:
+    raise ConfigError("config.eval.seen_combinations: no longer used (every combination is evaluated, or those in "
+                      "config.eval.combinations); remove it")
+  require(not unknown, f"eval.{unknown[0] if unknown else ''}",
+          f"is not an eval setting; allowed: {list(EVAL_FIELDS) + list(OPTIONAL_EVAL_FIELDS)}")
+  for name in EVAL_FIELDS:
+    require(name in e, f"eval.{name}", "is missing")
+  for name in ("samples_per_combination", "batch_size", "reconstruction_clips", "held_out_samples_per_combination"):
+    value = e.get(name, 1)
+    if name == "held_out_samples_per_combination" and value is None:
+      continue
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"eval.{name}",
+            f"must be an integer >= 1, got {value!r}")
+  require(isinstance(e.seed, int) and not isinstance(e.seed, bool), "eval.seed", f"must be an integer, got {e.seed!r}")
+  chosen = []
+  for text in e.get("combinations", ()):
+    try:
+      chosen.append(parse_combination(text))
+    except ValueError as err:
+      raise ConfigError(f"config.eval.combinations: {err}") from None
+  require(len(set(chosen)) == len(chosen), "eval.combinations", f"lists a combination twice: {list(e.combinations)}")
+
+
 def eval_prompts(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
-  """The captions evaluated: every held-out combination, and an evenly spread subset of the seen ones."""
+  """The captions evaluated, each repeated once per sample: {"seen": [...], "held_out": [...]}. Every color x shape x
+  direction combination (or `config.eval.combinations`), split by `config.data.held_out`."""
   held = {parse_combination(c) for c in config.data.held_out}
-  every = list(itertools.product(COLOR_NAMES, SHAPES, DIRECTION_NAMES))
-  seen = [c for c in every if c not in held]
-  stride = max(1, len(seen) // max(1, config.eval.seen_combinations))
-  seen = seen[::stride][:config.eval.seen_combinations]
-  held_out = [c for c in every if c in held]
-  n = config.eval.samples_per_combination
-  return {"seen": [caption(*c) for c in seen for _ in range(n)],
-          "held_out": [caption(*c) for c in held_out for _ in range(n)]}
+  chosen = [parse_combination(c) for c in config.eval.get("combinations", ())]
+  every = chosen or list(itertools.product(COLOR_NAMES, SHAPES, DIRECTION_NAMES))
+  seen_samples = config.eval.samples_per_combination
+  held_samples = config.eval.get("held_out_samples_per_combination", None) or seen_samples
+  return {"seen": [caption(*c) for c in every if c not in held for _ in range(seen_samples)],
+          "held_out": [caption(*c) for c in every if c in held for _ in range(held_samples)]}
 
 
-def _generate(pipe, config, prompts: list[str], seed: int) -> np.ndarray:
-  batch = config.eval.batch_size
-  out = [pipe(prompts[i:i + batch], seed=seed + i, **_sample_kwargs(config)) for i in range(0, len(prompts), batch)]
-  return np.concatenate(out)
+def _generate(pipe, config, prompts: list[str]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+  """Clips for `prompts` in batches of config.eval.batch_size, and per clip its (seed, index in batch): the batch
+  starting at clip i uses seed config.eval.seed + i, so every clip has noise of its own and can be generated again."""
+  batch, seed = config.eval.batch_size, config.eval.seed
+  out, ids = [], []
+  for i in range(0, len(prompts), batch):
+    chunk = prompts[i:i + batch]
+    out.append(pipe(chunk, seed=seed + i, **_sample_kwargs(config)))
+    ids += [(seed + i, j) for j in range(len(chunk))]
+  return np.concatenate(out), ids
 
 
 def reconstruction_psnr(pipe, config: ml_collections.ConfigDict) -> float:
@@ -80,14 +125,44 @@ def reconstruction_psnr(pipe, config: ml_collections.ConfigDict) -> float:
   return float(np.mean(metrics.psnr(recon, x)))
 
 
-def evaluate(pipe, config: ml_collections.ConfigDict, workdir: str | None = None, *, verbose: bool = True) -> dict:
-  """Prompt-following on seen and held-out combinations plus VAE PSNR; written to `workdir/eval.json` if given."""
-  results: dict[str, Any] = {"sampling": dict(_sample_kwargs(config), seed=config.eval.seed)}
-  for split, prompts in eval_prompts(config).items():
-    if not prompts:  # e.g. no held-out combinations in this config
+def _split_result(readings: dict, ids: list[tuple[int, int]], combinations: int) -> dict:
+  """A `prompt_following` result with 95% Wilson intervals and each clip's seed and index in its batch."""
+  count = readings["count"]
+  result = {k: readings[k] for k in ("count", "color", "shape", "direction", "all", "correct", "abstained")}
+  result["combinations"] = combinations
+  result["interval"] = {k: list(wilson_interval(n, count)) for k, n in readings["correct"].items()}
+  result["examples"] = [dict(e, seed=s, index=j) for e, (s, j) in zip(readings["examples"], ids)]
+  return result
+
+
+def prompt_following_results(pipe, config: ml_collections.ConfigDict) -> dict:
+  """Generates every clip of `eval_prompts` in one stream and reads them back: {"seen", "held_out"} (where a split has
+  combinations), each {"count", "combinations", "color", "shape", "direction", "all" (fractions), "correct" (counts),
+  "interval" ({attribute: [low, high]}, 95% Wilson), "abstained" (clips read "none" per attribute and in any),
+  "examples" (per clip: prompt, seed, index, predicted, correct)}."""
+  by_split = eval_prompts(config)
+  prompts = by_split["seen"] + by_split["held_out"]  # one stream, so no two clips share a seed and index
+  videos, ids = _generate(pipe, config, prompts)
+  results, start = {}, 0
+  for split, split_prompts in by_split.items():
+    if not split_prompts:  # e.g. no held-out combinations in this config
       continue
-    videos = _generate(pipe, config, prompts, config.eval.seed)
-    results[split] = prompt_following(videos, prompts)
+    stop = start + len(split_prompts)
+    readings = prompt_following(videos[start:stop], split_prompts)
+    results[split] = _split_result(readings, ids[start:stop], len(set(split_prompts)))
+    start = stop
+  return results
+
+
+def evaluate(pipe, config: ml_collections.ConfigDict, workdir: str | None = None, *, verbose: bool = True) -> dict:
+  """Prompt-following on seen and held-out combinations plus VAE PSNR; written to `workdir/eval.json` if given.
+
+  Returns {"sampling": the sampler settings, "seen" / "held_out": see `prompt_following_results`, "vae_psnr"}.
+  """
+  validate_eval_config(config)
+  results: dict[str, Any] = {"sampling": dict(_sample_kwargs(config), seed=config.eval.seed,
+                                              batch_size=config.eval.batch_size)}
+  results.update(prompt_following_results(pipe, config))
   results["vae_psnr"] = reconstruction_psnr(pipe, config)
   if workdir is not None and jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
@@ -98,23 +173,33 @@ def evaluate(pipe, config: ml_collections.ConfigDict, workdir: str | None = None
 
 
 def summary(results: dict) -> dict[str, float]:
-  """Flat scalars of an `evaluate` result, for metrics.jsonl / TensorBoard."""
+  """Flat scalars of an `evaluate` result, for metrics.jsonl / TensorBoard: `{split}_{attribute}` and its interval's
+  `_low` / `_high`, `{split}_count`, `{split}_abstained` (clips with a "none" reading), `vae_psnr`."""
   out = {"vae_psnr": float(results["vae_psnr"])}
   for split in ("seen", "held_out"):
     if split not in results:
       continue
+    r = results[split]
+    out[f"{split}_count"] = float(r["count"])
+    out[f"{split}_abstained"] = float(r["abstained"]["any"])
     for attr in ("color", "shape", "direction", "all"):
-      out[f"{split}_{attr}"] = float(results[split][attr])
+      out[f"{split}_{attr}"] = float(r[attr])
+      out[f"{split}_{attr}_low"], out[f"{split}_{attr}_high"] = (float(v) for v in r["interval"][attr])
   return out
 
 
 def format_table(results: dict) -> str:
-  rows = ["| combinations | clips | color | shape | direction | all three |", "|---|---|---|---|---|---|"]
+  """Markdown table: per split the clip count, each accuracy with its 95% interval, and the abstentions."""
+  rows = ["| combinations | clips | color | shape | direction | all three | abstained |",
+          "|---|---|---|---|---|---|---|"]
   for split in ("seen", "held_out"):
     if split not in results:
       continue
     r = results[split]
-    rows.append(f"| {split.replace('_', '-')} | {r['count']} | {r['color']:.1%} | {r['shape']:.1%} | "
-                f"{r['direction']:.1%} | {r['all']:.1%} |")
-  rows.append(f"\nVAE reconstruction PSNR: {results['vae_psnr']:.2f} dB")
+    cells = [f"{r[k]:.1%} ({r['interval'][k][0]:.1%}-{r['interval'][k][1]:.1%})"
+             for k in ("color", "shape", "direction", "all")]
+    rows.append(f"| {split.replace('_', '-')} | {r['count']} | " + " | ".join(cells) + f" | {r['abstained']['any']} |")
+  rows.append("\nIn parentheses: 95% Wilson intervals. Abstained: clips the reader read as none of the dataset's "
+              "colors, shapes or directions in at least one attribute (counted wrong).")
+  rows.append(f"VAE reconstruction PSNR: {results['vae_psnr']:.2f} dB")
   return "\n".join(rows)

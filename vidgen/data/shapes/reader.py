@@ -1,29 +1,35 @@
-"""Prompt-following accuracy on the shapes data: read color, shape and direction back from a generated clip.
+"""Prompt-following accuracy on the shapes data: read color, shape and direction back from a generated clip, or say
+that the clip shows none of the dataset's.
 
 A text-to-video model trained on `vidgen.data.shapes` is judged by generating a clip per caption and checking that the
-clip shows the asked-for color, shape and motion. The reader here is deterministic image analysis, not a learned
-classifier, so the score cannot inherit a classifier's blind spots and needs no weights. It is built for what a VAE and
-a diffusion sampler produce: blur, shifted or desaturated colors, dimmer frames, faint background noise, wobbly edges
-and a shape that fades out of some frames.
+clip shows the asked-for color, shape and motion. The reader is deterministic image analysis, not a learned classifier,
+so the score needs no weights and cannot inherit a classifier's blind spots. It reads an attribute only where the clip
+looks like a dataset clip in that respect and reads "none" (always wrong) otherwise: one shape, of constant size,
+outline and color, whose outline matches an ideal circle, square or triangle, moving in a straight line along one axis
+at constant speed. Every threshold comes from rendered ground truth, clean and degraded the way a VAE and a sampler
+degrade clips (blur, noise, dimming, color shift, slight rotation, shear and stretch, jitter): `python -m
+vidgen.data.shapes.calibrate` renders those sets and prints the features' ranges and the thresholds below.
 
-Per frame: the brightness (max over channels) is lightly smoothed, the background level and its noise are estimated
-robustly (median, MAD), and the foreground is the largest connected blob above half-way from background to peak; frames
-without a clear blob are skipped. Over the clip:
-  color      the foreground-weighted mean color above background, normalized by its largest channel (so brightness
-             drops out), nearest of the 7 on/off channel patterns.
-  shape      per-frame fill ratio (area / bounding-box area, both soft: circle pi/4, square 1, triangle 1/2) and the
-             three- and four-fold symmetries (normalized third- and fourth-order complex moments: 0 and 0 for a
-             circle, 0 and 0.6 for a square at any rotation, ~0.8 and ~0 for the triangle), medians over frames.
-             The moments carry the decision because they survive blur (an isotropic blur adds nothing to the central
-             third- and fourth-order complex moments, only to the spread that normalizes them) and rotation, whereas
-             blur pushes a small triangle's fill ratio into the circles' range and a tilted or skewed square, as
-             generators draw them, loses its fill ratio. A triangle is a clip whose three-fold symmetry is clear and
-             stronger than its four-fold one; a square one with at least half a perfect square's four-fold symmetry,
-             or that fills its bounding box; what is left is a circle, or a triangle when it fills its box as little
-             as no circle does.
-  direction  least-squares slope of the foreground centroid's x and y against frame index; the axis that moves more and
-             its sign, or "none" when the whole clip travels less than a small fraction of the frame.
-The thresholds were set from rendered clips (clean, degraded, warped) at several sizes; see the constants below.
+Per frame: the brightness (max over channels) is lightly smoothed; background and noise are estimated robustly
+(median, MAD); the foreground is what lies above half-way from background to peak (the 50% level of a blurred edge stays
+where the edge was); frames without a clear foreground are skipped. On the largest foreground component:
+  blobs       components with at least an eighth of its area; a dataset frame has one.
+  anisotropy  sqrt of the ratio of the eigenvalues of the second-moment matrix, minus 1: 0 for a circle, a square and
+              an equilateral triangle at any rotation, 1 for a 2:1 ellipse.
+  outline     the radial profile r(phi): the outermost 50% crossing along 90 rays from the centroid, in coordinates
+              whitened by the second moments (which undoes any shear or stretch of these three shapes exactly), and
+              for each shape the RMS of log r(phi) - log ideal(phi - theta) at the best rotation theta, the scale
+              removed: the residual to the best-fitting ideal circle, square or triangle.
+  radius      sqrt(area / pi) of that outline.
+  color       brightness-weighted mean color above the per-channel background, normalized by its largest channel.
+Over the clip (frames with a foreground):
+  shape       the ideal with the smallest median residual, if that residual is below its threshold, the per-frame best
+              ideal agrees in enough frames, there is one blob in every frame, the anisotropy is low and the radius
+              constant; else "none".
+  color       the nearest of the 7 on/off channel patterns to the mean color, if close enough and the frames' own
+              nearest patterns agree; else "none".
+  direction   a least-squares line through the centroids: the axis and sign of its slope, if the clip travels far
+              enough, little across that axis, and the centroids stay on the line (constant velocity); else "none".
 """
 
 from __future__ import annotations
@@ -34,48 +40,56 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from vidgen.data.shapes.dataset import COLORS, parse_combination
+from vidgen.data.shapes.dataset import COLORS, SHAPES, parse_combination
 
-NONE = "none"  # the reading where nothing can be read: no foreground, or (direction) no motion / a single frame
+NONE = "none"  # the reading where nothing can be read, or what is there is not one of the dataset's values
 
-# Brightness is smoothed with this Gaussian (pixels) before anything else: it halves pixel noise while a square stays a
-# product of two 1-D profiles, so its fill ratio stays 1.
+# Brightness is smoothed with this Gaussian (pixels) before anything else: it halves pixel noise and keeps edges.
 _SMOOTH_SIGMA = 0.5
 # A frame holds a shape when its peak rises above the background by at least this many uint8 levels and by this many
 # noise standard deviations; the peak is the 3rd brightest pixel so a single hot pixel cannot fake a shape.
 _MIN_CONTRAST = 16.0
 _MIN_CONTRAST_SIGMAS = 5.0
 _PEAK_RANK = 3
-# Foreground = above half-way from background to peak: the 50% level of a blurred edge stays where the edge was.
 _FOREGROUND_LEVEL = 0.5
-# The fill ratio and moments are measured on the blob grown by this many pixels, to keep the blurred rim and its mass.
+# Moments and color weights are taken over the largest component grown by this many pixels (its blurred rim).
 _SUPPORT_GROW = 2
-# Shape decision thresholds, set from per-clip medians measured on 1,000 rendered clips per condition (200 each at
-# 64x64 with 17 and 5 frames, 48x64 with 9, 32x32 with 17 and 5): clean; degraded (Gaussian blur sigma 1 px, 15%
-# desaturation, brightness x0.7, noise std 8); warped (each clip rotated up to 10 degrees, sheared up to 0.1 and
-# stretched up to 10% along one axis, as generated shapes come out); warped and degraded.
-#              fill clean  fill all     symmetry3 clean  symmetry3 all    symmetry4 clean  symmetry4 all
-#   circle     0.787-0.822 0.775-0.905  0.000-0.025      0.000-0.045      0.001-0.034      0.001-0.139
-#   square     1.000-1.014 0.738-1.014  0.000-0.013      0.000-0.069      0.499-0.596      0.106-0.611
-#   triangle   0.537-0.757 0.508-0.918  0.628-0.792      0.224-0.792      0.002-0.153      0.002-0.226
-# ("all": the range over the four conditions.) Symmetry3 splits triangles from the rest with a wide gap
-# (0.069 .. 0.224), cut near its middle, and a triangle's exceeds its symmetry4 by at least 0.06 in every clip. A
-# square has either a high fill ratio (axis-aligned: >= 0.922 degraded) or a high symmetry4 (tilted: >= 0.355
-# warped); only small, blurred and warped squares have neither (8/320 misread as circles). Circles stay below 0.14;
-# the square cut sits at half a perfect square's 0.6, because generated circles are lumpier than any rendered one
-# (symmetry4 up to 0.27 on a trained model's samples, its squares from 0.31). The fill ratio alone flagged triangles
-# before the moments did; it now only catches what no circle fills so little of its box.
-_TRIANGLE_MIN_SYMMETRY = 0.15
-_SQUARE_MIN_SYMMETRY = 0.3
-_TRIANGLE_MAX_FILL = 0.70
-_SQUARE_MIN_FILL = 0.905
-# Motion below this fraction of the frame's shorter side over the whole clip counts as no motion. Measured with the
-# degradation above: a static clip drifts at most 0.0064 of the side (32x32, 5 frames); the slowest dataset clips travel
-# 0.014 (2 frames), 0.06 (5 frames), 0.145 (17 frames).
-_MIN_TRAVEL = 0.01
+# A second component counts as a second shape from this fraction of the largest one's area (smaller specks are
+# sampler noise, not objects).
+_MIN_BLOB_FRACTION = 0.125
+_PROFILE_ANGLES = 90
+_PROFILE_STEP = 0.25  # pixels (whitened) between samples along a ray
+# Shape and direction need a foreground in at least this fraction of the frames (frames that fade out are skipped).
+_MIN_READ_FRACTION = 0.5
+
+# Thresholds: twice the worst value on rendered, degraded ground truth; `python -m vidgen.data.shapes.calibrate`.
+MAX_ANISOTROPY = 0.3
+MAX_RESIDUAL = {"circle": 0.024, "square": 0.065, "triangle": 0.14}
+MAX_SHAPE_DISAGREEMENT = 0.0  # fraction of frames whose best ideal is another shape
+MAX_SIZE_CHANGE = 0.066  # largest / smallest radius over the clip, minus 1
+MAX_COLOR_DEVIATION = 0.4  # largest channel difference of the normalized mean color from its pattern
+MAX_COLOR_DISAGREEMENT = 0.0  # fraction of frames whose own nearest color is another one
+MIN_TRAVEL = 0.055  # motion along the axis over the whole clip, fraction of the frame's shorter side
+MAX_OFF_AXIS = 0.25  # speed across the axis / speed along it
+MAX_WOBBLE = 1.1  # RMS distance of the centroids from the fitted line, pixels
 
 _COLOR_NAMES = tuple(COLORS)
 _COLOR_PATTERNS = np.asarray([COLORS[c] for c in _COLOR_NAMES], np.float64) / 255.0  # [7, 3] of 0/1
+_PHI = 2 * np.pi * np.arange(_PROFILE_ANGLES) / _PROFILE_ANGLES
+
+
+def _ideal_log_profiles() -> dict[str, np.ndarray]:
+  """log r(phi) of each ideal shape at every rotation in 1 degree steps over its symmetry period: [rotations, angles]."""
+  square_theta = np.deg2rad(np.arange(90.0))[:, None]
+  d = _PHI[None] - square_theta
+  square = -np.log(np.maximum(np.abs(np.cos(d)), np.abs(np.sin(d))))
+  triangle_theta = np.deg2rad(np.arange(120.0))[:, None]
+  edge_normals = [np.cos(_PHI[None] - triangle_theta - 2 * np.pi * k / 3) for k in range(3)]
+  triangle = -np.log(np.max(np.stack(edge_normals), axis=0))
+  return {"circle": np.zeros((1, _PROFILE_ANGLES)), "square": square, "triangle": triangle}
+
+
+_IDEALS = _ideal_log_profiles()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,18 +101,62 @@ class ClipAttributes:
 
 
 @dataclasses.dataclass(frozen=True)
-class _FrameReading:
+class FrameFeatures:
   centroid: tuple[float, float]  # (y, x) in pixels, foreground-weighted
-  fill: float  # soft area / soft bounding-box area
-  symmetry3: float  # |E[z^3]| / E[|z|^2]^1.5 with z = (x - cx) + i (y - cy), foreground-weighted
-  symmetry4: float  # |E[z^4]| / E[|z|^2]^2
-  color_sum: np.ndarray  # [3] foreground-weighted sum of color above the per-channel background
+  blobs: int  # foreground components of at least _MIN_BLOB_FRACTION of the largest one's area
+  anisotropy: float  # sqrt(largest / smallest second-moment eigenvalue) - 1
+  radius: float  # sqrt(area / pi) of the outline, pixels
+  residual: dict[str, float]  # per shape: RMS log-ratio of the outline to the best-fitting ideal (inf: no outline)
+  color_sum: np.ndarray  # [3] brightness-weighted sum of color above the per-channel background
   weight: float  # the sum of the weights in color_sum
 
 
-def _read_frame(frame: np.ndarray) -> _FrameReading | None:
-  """One uint8 [H, W, 3] frame -> its foreground measurements, or None when no shape stands out."""
+@dataclasses.dataclass(frozen=True)
+class ClipFeatures:
+  """The clip-level measurements the decision reads (see the module docstring); `calibrate` prints their ranges."""
+  num_frames: int
+  read_fraction: float  # fraction of frames with a foreground
+  blobs: int  # most blobs in any frame
+  anisotropy: float  # median over frames
+  residual: dict[str, float]  # median over frames, per shape
+  best_shape: str  # smallest median residual
+  shape_disagreement: float  # fraction of frames whose own smallest residual is another shape
+  size_change: float  # max / min radius - 1
+  color: str  # nearest pattern to the clip's mean color
+  color_deviation: float  # largest channel difference from that pattern
+  color_disagreement: float  # fraction of frames whose own nearest pattern is another color
+  travel: float  # along the main axis over the clip, fraction of the shorter side
+  axis: int  # 0: y (up / down), 1: x (left / right)
+  sign: int  # +1: down / right
+  off_axis: float  # |speed across| / |speed along|
+  wobble: float  # RMS distance of the centroids from the fitted line, pixels
+
+
+def _profile(field: np.ndarray, centre: np.ndarray, whiten_inverse: np.ndarray, reach: float) -> np.ndarray | None:
+  """Outermost zero crossing of `field` (positive inside) along _PROFILE_ANGLES rays from `centre` (y, x) in
+  whitened coordinates (a ray of whitened length rho reaches centre + whiten_inverse @ (x, y) * rho): [angles] radii,
+  or None when the centre itself lies outside (no star-shaped outline around it)."""
+  rho = np.arange(0.0, reach, _PROFILE_STEP)
+  dirs = whiten_inverse @ np.stack([np.cos(_PHI), np.sin(_PHI)])  # [2 (x, y), angles]
+  xs = centre[1] + dirs[0][:, None] * rho[None]
+  ys = centre[0] + dirs[1][:, None] * rho[None]
+  f = ndimage.map_coordinates(field, [ys.ravel(), xs.ravel()], order=1, mode="constant", cval=-1.0)
+  f = f.reshape(_PROFILE_ANGLES, rho.size)
+  inside = f > 0
+  if not inside[:, 0].all():
+    return None
+  last = rho.size - 1 - np.argmax(inside[:, ::-1], axis=1)
+  nxt = np.minimum(last + 1, rho.size - 1)
+  rows = np.arange(_PROFILE_ANGLES)
+  f0, f1 = f[rows, last], f[rows, nxt]
+  frac = np.where(nxt > last, f0 / np.maximum(f0 - f1, 1e-12), 0.0)
+  return rho[last] + frac * _PROFILE_STEP
+
+
+def frame_features(frame: np.ndarray) -> FrameFeatures | None:
+  """One uint8 [H, W, 3] frame -> its foreground's measurements, or None when no shape stands out."""
   rgb = frame.astype(np.float64)
+  channel_background = np.median(rgb.reshape(-1, 3), axis=0)
   value = ndimage.gaussian_filter(rgb.max(axis=-1), _SMOOTH_SIGMA)
   background = np.median(value)
   noise = 1.4826 * np.median(np.abs(value - background))
@@ -107,34 +165,51 @@ def _read_frame(frame: np.ndarray) -> _FrameReading | None:
   contrast = peak - background
   if contrast < max(_MIN_CONTRAST, _MIN_CONTRAST_SIGMAS * noise):
     return None
-  mask = value > background + _FOREGROUND_LEVEL * contrast
-  # 8-connectivity keeps a thin triangle apex attached to its body.
-  labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+  level = background + _FOREGROUND_LEVEL * contrast
+  # 8-connectivity keeps a thin apex attached to its body.
+  labels, count = ndimage.label(value > level, structure=np.ones((3, 3), bool))
   if count == 0:
     return None
-  blob = labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
+  areas = np.bincount(labels.ravel())[1:]
+  main = 1 + int(np.argmax(areas))
+  blobs = int(np.sum(areas >= _MIN_BLOB_FRACTION * areas.max()))
+  # Everything below runs on a window around the component and its rim, with coordinates of the whole frame.
+  pad = _SUPPORT_GROW + 2
+  rows, cols = ndimage.find_objects(labels)[main - 1]
+  window = (slice(max(rows.start - pad, 0), rows.stop + pad), slice(max(cols.start - pad, 0), cols.stop + pad))
+  origin = np.array([window[0].start, window[1].start], np.float64)
+  value, rgb = value[window], rgb[window]
+  blob = labels[window] == main
   support = ndimage.binary_dilation(blob, iterations=_SUPPORT_GROW)
-  weights = np.where(support, np.clip(value - background, 0.0, None), 0.0)
-  total = weights.sum()
-
-  # Soft extents: a column's extent is its brightest value relative to the blob's peak, so anti-aliased and blurred
-  # edges count fractionally and the ratio does not jump with sub-pixel position the way pixel counts do.
-  top = weights.max()
-  fill = top * total / (weights.max(axis=0).sum() * weights.max(axis=1).sum())
-
+  weights = np.where(support, np.clip((value - background) / contrast, 0.0, 1.0), 0.0)
+  p = weights / weights.sum()
   yy, xx = np.indices(weights.shape, dtype=np.float64)
-  p = weights / total
   cy, cx = float((p * yy).sum()), float((p * xx).sum())
-  z = (xx - cx) + 1j * (yy - cy)
-  spread = (p * np.abs(z) ** 2).sum()
-  symmetry3 = float(np.abs((p * z ** 3).sum()) / max(spread, 1e-12) ** 1.5)
-  symmetry4 = float(np.abs((p * z ** 4).sum()) / max(spread, 1e-12) ** 2)
+  dy, dx = yy - cy, xx - cx
+  cov = np.array([[(p * dx * dx).sum(), (p * dx * dy).sum()], [(p * dx * dy).sum(), (p * dy * dy).sum()]])
+  eigval, eigvec = np.linalg.eigh(cov)
+  eigval = np.maximum(eigval, 1e-6)
+  anisotropy = float(np.sqrt(eigval[1] / eigval[0]) - 1.0)
+  # Whitening with unit determinant keeps areas: radii in whitened units give the outline's true area.
+  root = eigvec @ np.diag(np.sqrt(eigval)) @ eigvec.T / np.prod(eigval) ** 0.25
 
-  # Color from the blob only (not its rim), weighted by brightness, so the saturated interior dominates.
-  channel_background = np.median(rgb.reshape(-1, 3), axis=0)
+  # Inside the component (and its rim) the field is the brightness above the 50% level; elsewhere below zero, so a
+  # neighbouring blob cannot extend the outline.
+  field = np.where(support, value - level, -contrast)
+  reach = 4.0 * np.sqrt(eigval[1]) + 4.0
+  radii = _profile(field, np.array([cy, cx]), root, reach)
+  if radii is None or np.any(radii <= 0):
+    residual = {s: float("inf") for s in SHAPES}
+    radius = float(np.sqrt(blob.sum() / np.pi))
+  else:
+    log_r = np.log(radii)
+    residual = {s: float(np.min(np.std(log_r[None] - ideal, axis=1))) for s, ideal in _IDEALS.items()}
+    radius = float(np.sqrt(np.mean(radii ** 2)))
+
+  # Color from the component only (not its rim), weighted by brightness, so the saturated interior dominates.
   color_weights = np.where(blob, weights, 0.0)
   color_sum = np.tensordot(color_weights, rgb - channel_background, axes=([0, 1], [0, 1]))
-  return _FrameReading((cy, cx), float(fill), symmetry3, symmetry4, color_sum, float(color_weights.sum()))
+  return FrameFeatures((cy + origin[0], cx + origin[1]), blobs, anisotropy, radius, residual, color_sum, float(color_weights.sum()))
 
 
 def _check_video(video) -> np.ndarray:
@@ -147,58 +222,85 @@ def _check_video(video) -> np.ndarray:
   return video
 
 
-def _color_name(readings: Sequence[_FrameReading]) -> str:
-  weight = sum(r.weight for r in readings)
-  if weight <= 0:
-    return NONE
-  mean = sum(r.color_sum for r in readings) / weight
-  brightest = mean.max()
-  if brightest <= 0:
-    return NONE
-  chroma = np.clip(mean / brightest, 0.0, 1.0)
-  return _COLOR_NAMES[int(np.argmin(np.sum((_COLOR_PATTERNS - chroma) ** 2, axis=1)))]
+def _nearest_color(color_sum: np.ndarray, weight: float) -> tuple[str, float]:
+  """(nearest pattern, largest channel difference from it) of a normalized mean color; (none, inf) for no color."""
+  mean = color_sum / max(weight, 1e-12)
+  if weight <= 0 or mean.max() <= 0:
+    return NONE, float("inf")
+  chroma = np.clip(mean / mean.max(), 0.0, 1.0)
+  deviation = np.max(np.abs(_COLOR_PATTERNS - chroma), axis=1)
+  best = int(np.argmin(deviation))
+  return _COLOR_NAMES[best], float(deviation[best])
 
 
-def _shape_name(readings: Sequence[_FrameReading]) -> str:
-  fill, symmetry3, symmetry4 = (float(np.median([getattr(r, k) for r in readings]))
-                                for k in ("fill", "symmetry3", "symmetry4"))
-  if symmetry3 >= _TRIANGLE_MIN_SYMMETRY and symmetry3 > symmetry4:
-    return "triangle"
-  if symmetry4 >= _SQUARE_MIN_SYMMETRY or fill >= _SQUARE_MIN_FILL:
-    return "square"
-  return "triangle" if fill < _TRIANGLE_MAX_FILL else "circle"
-
-
-def _direction_name(times: np.ndarray, centroids: np.ndarray, num_frames: int, side: int) -> str:
+def _motion(times: np.ndarray, centroids: np.ndarray, num_frames: int, side: int) -> tuple[float, int, int, float,
+                                                                                          float]:
+  """(travel, axis, sign, off_axis, wobble) of a least-squares line through the centroids (see ClipFeatures)."""
   if len(times) < 2:
-    return NONE
+    return 0.0, 0, 0, float("inf"), float("inf")
   t = times - times.mean()
-  slopes = t @ (centroids - centroids.mean(axis=0)) / (t @ t)  # [2]: (dy, dx) per frame
-  travel = slopes * (num_frames - 1)
-  axis = int(np.argmax(np.abs(travel)))
-  if abs(travel[axis]) < _MIN_TRAVEL * side:
-    return NONE
-  if axis == 0:
-    return "down" if travel[0] > 0 else "up"
-  return "right" if travel[1] > 0 else "left"
+  centred = centroids - centroids.mean(axis=0)
+  slopes = t @ centred / (t @ t)  # [2]: (dy, dx) per frame
+  axis = int(np.argmax(np.abs(slopes)))
+  along, across = abs(slopes[axis]), abs(slopes[1 - axis])
+  residual = centred - t[:, None] * slopes[None]
+  wobble = float(np.sqrt(np.mean(np.sum(residual ** 2, axis=1))))
+  off_axis = across / along if along > 0 else float("inf")
+  return float(along * (num_frames - 1) / side), axis, int(np.sign(slopes[axis])), float(off_axis), wobble
+
+
+def clip_features(video: np.ndarray) -> ClipFeatures | None:
+  """The measurements of one uint8 [T, H, W, 3] clip, or None when no frame has a foreground."""
+  video = _check_video(video)
+  num_frames, height, width, _ = video.shape
+  frames, times = [], []
+  for t in range(num_frames):
+    features = frame_features(video[t])
+    if features is not None:
+      frames.append(features)
+      times.append(t)
+  if not frames:
+    return None
+  residual = {s: float(np.median([f.residual[s] for f in frames])) for s in SHAPES}
+  best_shape = min(SHAPES, key=lambda s: residual[s])
+  frame_best = [min(SHAPES, key=lambda s: f.residual[s]) for f in frames]
+  radii = np.asarray([f.radius for f in frames])
+  color, deviation = _nearest_color(sum(f.color_sum for f in frames), sum(f.weight for f in frames))
+  frame_colors = [_nearest_color(f.color_sum, f.weight)[0] for f in frames]
+  travel, axis, sign, off_axis, wobble = _motion(np.asarray(times, np.float64),
+                                                 np.asarray([f.centroid for f in frames]), num_frames,
+                                                 min(height, width))
+  return ClipFeatures(
+      num_frames=num_frames, read_fraction=len(frames) / num_frames, blobs=max(f.blobs for f in frames),
+      anisotropy=float(np.median([f.anisotropy for f in frames])), residual=residual, best_shape=best_shape,
+      shape_disagreement=float(np.mean([b != best_shape for b in frame_best])),
+      size_change=float(radii.max() / max(radii.min(), 1e-12) - 1.0), color=color, color_deviation=deviation,
+      color_disagreement=float(np.mean([c != color for c in frame_colors])), travel=travel, axis=axis, sign=sign,
+      off_axis=off_axis, wobble=wobble)
+
+
+def decide(features: ClipFeatures | None) -> ClipAttributes:
+  """The reading of a clip's measurements: each attribute, or "none" where the clip is not a dataset clip in it."""
+  if features is None:
+    return ClipAttributes(NONE, NONE, NONE)
+  f = features
+  color = f.color
+  if f.color_deviation > MAX_COLOR_DEVIATION or f.color_disagreement > MAX_COLOR_DISAGREEMENT:
+    color = NONE
+  one_shape = f.read_fraction >= _MIN_READ_FRACTION and f.blobs == 1
+  shape = f.best_shape
+  if (not one_shape or f.anisotropy > MAX_ANISOTROPY or f.size_change > MAX_SIZE_CHANGE
+      or f.residual[shape] > MAX_RESIDUAL[shape] or f.shape_disagreement > MAX_SHAPE_DISAGREEMENT):
+    shape = NONE
+  direction = NONE
+  if one_shape and f.travel >= MIN_TRAVEL and f.off_axis <= MAX_OFF_AXIS and f.wobble <= MAX_WOBBLE:
+    direction = ("down" if f.sign > 0 else "up") if f.axis == 0 else ("right" if f.sign > 0 else "left")
+  return ClipAttributes(color, shape, direction)
 
 
 def analyze_clip(video: np.ndarray) -> ClipAttributes:
   """Reads color, shape and direction from one clip, uint8 [T, H, W, 3] (T == 1 gives direction "none")."""
-  video = _check_video(video)
-  num_frames, height, width, _ = video.shape
-  readings, times = [], []
-  for t in range(num_frames):
-    reading = _read_frame(video[t])
-    if reading is not None:
-      readings.append(reading)
-      times.append(t)
-  if not readings:
-    return ClipAttributes(NONE, NONE, NONE)
-  centroids = np.asarray([r.centroid for r in readings])
-  return ClipAttributes(color=_color_name(readings), shape=_shape_name(readings),
-                        direction=_direction_name(np.asarray(times, np.float64), centroids, num_frames,
-                                                  min(height, width)))
+  return decide(clip_features(video))
 
 
 def prompt_following(videos, prompts: Sequence[str]) -> dict:
@@ -209,9 +311,10 @@ def prompt_following(videos, prompts: Sequence[str]) -> dict:
     prompts: B captions, "a red circle moving left" (or "red circle left"; see `parse_combination`).
 
   Returns:
-    {"color", "shape", "direction": fraction of clips with that attribute right, "all": fraction with all three right,
-     "count": B, "examples": per clip {"prompt", "predicted": {"color", "shape", "direction"},
-     "correct": {"color", "shape", "direction", "all"} (bools)}}. A "none" reading is always wrong.
+    {"count": B, "color", "shape", "direction", "all": fraction of clips with that attribute (all three) right,
+     "correct": the same as counts, "abstained": {"color", "shape", "direction", "any"}: clips read as "none" there,
+     "examples": per clip {"prompt", "predicted": {"color", "shape", "direction"}, "correct": {"color", "shape",
+     "direction", "all"} (bools)}}. A "none" reading is always wrong.
   """
   if isinstance(videos, np.ndarray) and videos.ndim != 5:
     raise ValueError(f"videos must be uint8 [B, T, H, W, 3] or a list of [T, H, W, 3], got shape {videos.shape}")
@@ -229,7 +332,9 @@ def prompt_following(videos, prompts: Sequence[str]) -> dict:
     correct = {k: predicted[k] == expected[k] for k in keys}
     correct["all"] = all(correct.values())
     examples.append({"prompt": prompt, "predicted": predicted, "correct": correct})
-  result = {k: float(np.mean([e["correct"][k] for e in examples])) for k in (*keys, "all")}
-  result["count"] = len(examples)
-  result["examples"] = examples
+  counts = {k: int(sum(e["correct"][k] for e in examples)) for k in (*keys, "all")}
+  abstained = {k: int(sum(e["predicted"][k] == NONE for e in examples)) for k in keys}
+  abstained["any"] = int(sum(NONE in e["predicted"].values() for e in examples))
+  result: dict = {k: counts[k] / len(examples) for k in (*keys, "all")}
+  result.update(count=len(examples), correct=counts, abstained=abstained, examples=examples)
   return result

@@ -242,11 +242,33 @@ def finite_leaves(tree: Any) -> dict[str, bool]:
   return {n: bool(f) for n, f in zip(names, jax.device_get(_fingerprints(leaves))[1])}
 
 
-def restore_trainer_state(trainer: Any, workdir: str, step: int) -> Any:
-  """`trainer`'s state at `step` from `workdir/checkpoints`, placed with the trainer's shardings (for inference)."""
-  abstract = abstract_like(jax.eval_shape(trainer.init_state, jax.random.key(0)), trainer.state_shardings())
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+def restore_fields(directory: str, abstract: dict[str, Any], step: int | None = None) -> tuple[dict[str, Any], int]:
+  """Some top-level fields of a saved train state (e.g. {"ema_params": ...}), verified, without reading the others.
+
+  `abstract` maps field names of the saved state to ShapeDtypeStruct trees (with the shardings to restore into). Returns
+  (restored fields, step); `step` defaults to the newest. Raises CheckpointCorrupted when the arrays differ from what
+  was saved, FileNotFoundError when there is no checkpoint. Inference reads weights this way: optimizer moments are
+  never loaded.
+  """
+  step = Checkpointer.latest_step_in(directory) if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{directory}: no checkpoint found")
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
   try:
-    return checkpointer.restore_state_only(abstract, step)
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
+        loop=ocp.args.JsonRestore()))
+  except Exception as e:  # orbax / tensorstore raise many types for missing and truncated files
+    raise CheckpointCorrupted(f"{directory} step {step} is unreadable: {_first_line(e)}") from e
   finally:
-    checkpointer.close()
+    manager.close()
+  saved = out["loop"].get("fingerprint", {})
+  # The saved state is a dataclass (paths ".field[...]"); the restored subset is a dict (paths "['field'][...]").
+  restored = {"." + name[2:].replace("']", "", 1): value
+              for name, value in state_fingerprint(out["state"])[0].items()}
+  changed = sorted(k for k, v in restored.items() if saved.get(k) != v)
+  if changed:
+    raise CheckpointCorrupted(f"{directory} step {step}: {len(changed)} arrays differ from what was saved "
+                              f"(fingerprint mismatch in {changed[:3]}{' ...' if len(changed) > 3 else ''})")
+  return dict(out["state"]), step

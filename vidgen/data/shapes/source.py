@@ -1,0 +1,49 @@
+"""The embedded moving shapes as a data source (`config.data.name = "shapes"`; see vidgen.data.sources)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from vidgen.config import require
+from vidgen.data.shapes import evaluation
+from vidgen.data.shapes.dataset import CLASS_FACTORS, GEOMETRY_FIELDS, NUM_CLASSES, ShapesDataset, class_id, \
+    parse_combination
+from vidgen.errors import InputError
+
+
+class ShapesSource:
+  """Clips, captions and classes of the embedded data, from a `config.data` block."""
+
+  num_classes = NUM_CLASSES
+  class_factors = CLASS_FACTORS
+
+  def __init__(self, data: Mapping[str, Any]):
+    for field in ("num_frames", "height", "width", "held_out", "seed"):
+      require(field in data, f"data.{field}", "is missing (the shapes source needs num_frames, height, width, "
+                                              "held_out and seed)")
+    self.data = data
+
+  def dataset(self, split: str, **overrides: Any) -> ShapesDataset:
+    return ShapesDataset.from_config(self.data, split, **overrides)
+
+  def fingerprint(self) -> dict:
+    d = self.data
+    return {"name": "shapes", "split": "train", "num_frames": d["num_frames"], "height": d["height"],
+            "width": d["width"], "held_out": list(d["held_out"]), "seed": d["seed"],
+            **{name: d[name] for name in GEOMETRY_FIELDS if name in d}}
+
+  def caption_tokenizer(self, max_length: int):
+    from vidgen.data.shapes.tokenizer import shapes_tokenizer
+
+    return shapes_tokenizer(max_length)
+
+  def class_of(self, prompt: str) -> int:
+    try:
+      return class_id(*parse_combination(prompt))
+    except ValueError as e:
+      raise InputError(f"prompt {prompt!r}: this class-conditional model takes captions of the embedded data "
+                       f"('a {{color}} {{shape}} moving {{direction}}'): {e}") from None
+
+  def evaluate(self, pipe, config, workdir: str | None) -> dict[str, float]:
+    """Prompt-following of a DiT run on every combination, and VAE PSNR (workdir/eval.json); flat metrics."""
+    return evaluation.summary(evaluation.evaluate(pipe, config, workdir))
