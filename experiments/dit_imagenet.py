@@ -1,9 +1,10 @@
 """Class-conditional DiT on ImageNet 256 latents (32x32x4, one frame): the DiT paper setup (arXiv 2212.09748).
 
-Usage (the model and its size/FLOPs accounting; the latent DiT trainer, `config.trainer = "dit"`, is not in the
-library yet, and `vidgen train` says so):
+Usage today: the model and its size/FLOPs accounting,
   from experiments.dit_imagenet import get_config
   dit = VideoDiT(get_config("variant=XL/2").dit, rngs=nnx.Rngs(0))
+The run itself needs ImageNet from TFDS and a 4-channel 8x image VAE, neither of which vidgen has yet: `vidgen train`
+validates the config and refuses it at `config.data.name` (an unknown data source), before anything is built.
 
 `variant` is a DiT size string (S/B/L/XL with patch 2/4/8, or an explicit "B/1x2x2"). The paper trains with AdamW at
 a constant 1e-4, no weight decay, batch 256, class dropout 0.1 for classifier-free guidance; 400K steps is the column

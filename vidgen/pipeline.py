@@ -95,8 +95,8 @@ class VideoPipeline:
   # -- generation --------------------------------------------------------------------------------------------------
 
   def _generate_fn(self, steps: int, sampler: str, guided: bool, interval: tuple[float, float], strength: float,
-                   progress: bool):
-    key = (steps, sampler, guided, interval, strength, progress)
+                   progress: bool, decode: bool):
+    key = (steps, sampler, guided, interval, strength, progress, decode)
     if key in self._compiled:
       return self._compiled[key]
 
@@ -128,7 +128,8 @@ class VideoPipeline:
 
         z0 = diffusion.sample(denoise, noise, schedule=self.schedule, sampler=sampler, num_steps=steps,
                               key=sample_key, self_condition=self.self_condition, t_start=strength)
-        return jnp.clip(vae.decode(vae.denormalize(z0)), -1.0, 1.0)
+        z0 = vae.denormalize(z0)
+        return jnp.clip(vae.decode(z0), -1.0, 1.0) if decode else z0
 
     fn = jax.jit(generate)
     self._compiled[key] = fn
@@ -137,7 +138,8 @@ class VideoPipeline:
   def __call__(self, prompt: str | Sequence[str], num_frames: int = 17, height: int | None = None,
                width: int | None = None, steps: int = 50, guidance: float = 4.0, seed: int = 0,
                sampler: str = "ddim", guidance_interval: Sequence[float] = (0.0, 1.0),
-               init_video: np.ndarray | None = None, strength: float = 1.0, progress: bool = False) -> np.ndarray:
+               init_video: np.ndarray | None = None, strength: float = 1.0, progress: bool = False,
+               output: str = "video") -> np.ndarray:
     """Generates one video per prompt.
 
     Args:
@@ -153,9 +155,11 @@ class VideoPipeline:
       strength: in (0, 1], with init_video: how much of the sampling path is redone (1 keeps nothing of the clip).
         The sampler takes `steps` steps over [0, strength].
       progress: print a progress line over sampling steps (to stderr).
+      output: "video" (decoded frames) or "latent" (the sampled latents, before VAE decoding).
 
     Returns:
-      uint8 [T, H, W, 3] for one prompt, [B, T, H, W, 3] for a list.
+      uint8 [T, H, W, 3] for one prompt, [B, T, H, W, 3] for a list; with output="latent", float32
+      [T', H', W', C] / [B, T', H', W', C] latents in the VAE's (un-normalized) scale, ready for `vae.decode`.
     """
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
@@ -196,12 +200,14 @@ class VideoPipeline:
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(base, i), shape) for i in range(len(prompts))])
     sample_key = jax.random.fold_in(base, -1 & 0x7FFFFFFF)
     guided = self.config.conditioning != "none" and guidance != 1.0
-    fn = self._generate_fn(int(steps), sampler, guided, interval, float(strength), progress)
+    if output not in ("video", "latent"):
+      raise InputError(f"output={output!r}: must be 'video' or 'latent'")
+    fn = self._generate_fn(int(steps), sampler, guided, interval, float(strength), progress, output == "video")
     params = {name: p for name, (_, p) in self.networks.items()}
     video = fn(params, self.vae_params, self.vae_stats, inputs, noise, init_video, jnp.float32(guidance), sample_key)
     if progress:
       print(file=sys.stderr)
-    out = to_uint8(np.asarray(video))
+    out = to_uint8(np.asarray(video)) if output == "video" else np.asarray(video, np.float32)
     return out[0] if single else out
 
 

@@ -17,7 +17,7 @@ from conftest import tiny_train_config
 
 import cli_runs
 from vidgen.parallel import make_mesh
-from vidgen.checkpoint import restore_trainer_state
+from vidgen.train.loop import restore_state
 from vidgen.train.preemption import PREEMPTED_EXIT_CODE
 from vidgen.train.vae_trainer import VAETrainer
 
@@ -69,11 +69,11 @@ import json, jax, numpy as np
 from conftest import tiny_train_config
 from vidgen.parallel import make_mesh
 from vidgen.train import train_and_evaluate
-from vidgen.checkpoint import restore_trainer_state
+from vidgen.train.loop import restore_state
 from vidgen.train.vae_trainer import VAETrainer
 config = tiny_train_config(**FIELDS, **{"mesh.data": 2, "mesh.fsdp": 4})
 trainer = VAETrainer(config, make_mesh(dict(config.mesh)), WORKDIR)
-state = restore_trainer_state(trainer, WORKDIR, 2)  # saved with mesh data=8; verified against its fingerprint
+state = restore_state(trainer, WORKDIR, 2)  # saved with mesh data=8; verified against its fingerprint
 sharded = {}
 for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]:
   spec = tuple(x.sharding.spec)
@@ -111,7 +111,7 @@ def test_checkpoints_restore_into_other_meshes_and_process_counts(references, tm
 def _restore(workdir, step):
   config = tiny_train_config(**FIELDS)
   trainer = VAETrainer(config, make_mesh({"data": -1}), str(workdir))
-  return restore_trainer_state(trainer, str(workdir), step)
+  return restore_state(trainer, str(workdir), step)
 
 
 def test_two_processes_train_like_one_and_stop_together_on_sigterm(references, tmp_path):

@@ -225,14 +225,14 @@ def test_skip_nonfinite_updates_must_be_a_bool(tmp_path):
     train_and_evaluate(config, str(tmp_path))
 
 
-def test_trainers_can_add_their_own_mesh_checks(tmp_path, monkeypatch):
+def test_trainer_config_checks_see_the_resolved_mesh_before_compiling(tmp_path, monkeypatch):
   seen = []
 
-  def validate_mesh(config, mesh_shape):
+  def validate_config(config, mesh_shape):
     seen.append(mesh_shape)
     raise ConfigError(f"config.mesh.tensor: must divide the 3 heads, got {mesh_shape['tensor']}")
 
-  monkeypatch.setattr(vae_trainer.VAETrainer, "validate_mesh", staticmethod(validate_mesh), raising=False)
+  monkeypatch.setattr(vae_trainer, "validate_config", validate_config)
   with pytest.raises(ConfigError, match=r"config\.mesh\.tensor: must divide"):
     train_and_evaluate(tiny_train_config(), str(tmp_path))
   assert seen == [{"data": 1, "fsdp": 1, "tensor": 1}]  # the resolved sizes (-1 filled in)

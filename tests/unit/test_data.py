@@ -180,3 +180,25 @@ def test_from_config_reads_the_size_range_and_overrides():
   data.min_radius = 0.6
   with pytest.raises(ValueError, match="min_radius"):
     ShapesDataset.from_config(data, "train")
+
+
+def test_data_sources_by_name():
+  from vidgen.config import ConfigError
+  from vidgen.data.sources import get_source
+  from vidgen.errors import InputError
+
+  import ml_collections
+
+  data = ml_collections.ConfigDict(dict(name="shapes", num_frames=5, height=16, width=16, held_out=("red circle left",),
+                                        seed=3))
+  source = get_source(data)
+  assert source.num_classes == NUM_CLASSES and source.class_of("a red circle moving left") == class_id(
+      "red", "circle", "left")
+  batch = source.dataset("held_out").batch(0, 2)
+  assert batch["video"].shape == (2, 5, 16, 16, 3) and set(batch["caption"]) == {"a red circle moving left"}
+  tokenizer = source.caption_tokenizer(8)
+  assert tokenizer.vocab_size > len(COLORS)
+  with pytest.raises(InputError, match="'purple'"):
+    source.class_of("a purple circle moving left")
+  with pytest.raises(ConfigError, match=r"config\.data\.name: unknown data source 'kinetics'"):
+    get_source(ml_collections.ConfigDict({**data, "name": "kinetics"}))

@@ -129,3 +129,20 @@ def test_validation():
     diffusion.LinearBetaSchedule(beta_start=0.1, beta_end=0.01)
   with pytest.raises(ValueError, match="logsnr_min < logsnr_max"):
     diffusion.CosineSchedule(logsnr_min=5.0, logsnr_max=-5.0)
+
+
+def test_schedule_from_config_builds_and_refuses_fields_it_would_ignore():
+  from vidgen.config import ConfigError
+
+  cosine = diffusion.schedule_from_config({"schedule": "cosine", "shift": -1.0})
+  assert isinstance(cosine, diffusion.CosineSchedule) and cosine.shift == -1.0
+  linear = diffusion.schedule_from_config({"schedule": "linear", "zero_terminal_snr": True})
+  assert isinstance(linear, diffusion.LinearBetaSchedule) and linear.zero_terminal_snr
+  for config, field in (({"schedule": "cosine", "zero_terminal_snr": True}, "diffusion.zero_terminal_snr"),
+                        ({"schedule": "linear", "shift": 0.5}, "diffusion.shift"),
+                        ({"schedule": "sigmoid"}, "diffusion.schedule"),
+                        ({"schedule": "cosine", "weighting": "snr"}, "diffusion.weighting"),
+                        ({"schedule": "cosine", "guidance_dropout": 1.0}, "diffusion.guidance_dropout"),
+                        ({"schedule": "cosine", "shfit": 1.0}, "unknown fields \\['shfit'\\]")):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+      diffusion.schedule_from_config(config)

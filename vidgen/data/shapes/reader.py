@@ -23,13 +23,15 @@ where the edge was); frames without a clear foreground are skipped. On the large
   radius      sqrt(area / pi) of that outline.
   color       brightness-weighted mean color above the per-channel background, normalized by its largest channel.
 Over the clip (frames with a foreground):
-  shape       the ideal with the smallest median residual, if that residual is below its threshold, the per-frame best
-              ideal agrees in enough frames, there is one blob in every frame, the anisotropy is low and the radius
-              constant; else "none".
-  color       the nearest of the 7 on/off channel patterns to the mean color, if close enough and the frames' own
-              nearest patterns agree; else "none".
+  shape       the ideal with the smallest median residual, if that residual is below its threshold, every frame's own
+              best ideal is the same, every frame has one blob (and at least half the frames a foreground), the
+              median anisotropy is low and the radius constant; else "none".
+  color       the nearest of the 7 on/off channel patterns to the mean color, if close enough and every frame's own
+              nearest pattern is the same; else "none".
   direction   a least-squares line through the centroids: the axis and sign of its slope, if the clip travels far
               enough, little across that axis, and the centroids stay on the line (constant velocity); else "none".
+The calibration covers the experiments' 64x64 clips with shapes of 0.09-0.25 of the frame (radius 5.8-16 pixels);
+much smaller shapes (such as the 32x32 smoke-test runs draw) are outside it, and blurred, they may read "none".
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ _PHI = 2 * np.pi * np.arange(_PROFILE_ANGLES) / _PROFILE_ANGLES
 
 
 def _ideal_log_profiles() -> dict[str, np.ndarray]:
-  """log r(phi) of each ideal shape at every rotation in 1 degree steps over its symmetry period: [rotations, angles]."""
+  """log r(phi) of each ideal shape at each rotation (1 degree steps over its symmetry period): [rotations, angles]."""
   square_theta = np.deg2rad(np.arange(90.0))[:, None]
   d = _PHI[None] - square_theta
   square = -np.log(np.maximum(np.abs(np.cos(d)), np.abs(np.sin(d))))
@@ -209,7 +211,8 @@ def frame_features(frame: np.ndarray) -> FrameFeatures | None:
   # Color from the component only (not its rim), weighted by brightness, so the saturated interior dominates.
   color_weights = np.where(blob, weights, 0.0)
   color_sum = np.tensordot(color_weights, rgb - channel_background, axes=([0, 1], [0, 1]))
-  return FrameFeatures((cy + origin[0], cx + origin[1]), blobs, anisotropy, radius, residual, color_sum, float(color_weights.sum()))
+  return FrameFeatures((cy + origin[0], cx + origin[1]), blobs, anisotropy, radius, residual, color_sum,
+                       float(color_weights.sum()))
 
 
 def _check_video(video) -> np.ndarray:

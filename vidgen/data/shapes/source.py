@@ -6,9 +6,17 @@ from typing import Any, Mapping
 
 from vidgen.config import require
 from vidgen.data.shapes import evaluation
-from vidgen.data.shapes.dataset import CLASS_FACTORS, GEOMETRY_FIELDS, NUM_CLASSES, ShapesDataset, class_id, \
-    parse_combination
+from vidgen.data.shapes.dataset import (
+    CLASS_FACTORS,
+    GEOMETRY_FIELDS,
+    NUM_CLASSES,
+    ShapesDataset,
+    class_id,
+    parse_combination,
+)
+from vidgen.data.shapes.tokenizer import shapes_tokenizer
 from vidgen.errors import InputError
+from vidgen.models.text import WordTokenizer
 
 
 class ShapesSource:
@@ -32,9 +40,7 @@ class ShapesSource:
             "width": d["width"], "held_out": list(d["held_out"]), "seed": d["seed"],
             **{name: d[name] for name in GEOMETRY_FIELDS if name in d}}
 
-  def caption_tokenizer(self, max_length: int):
-    from vidgen.data.shapes.tokenizer import shapes_tokenizer
-
+  def caption_tokenizer(self, max_length: int) -> WordTokenizer:
     return shapes_tokenizer(max_length)
 
   def class_of(self, prompt: str) -> int:
