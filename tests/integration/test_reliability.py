@@ -285,3 +285,11 @@ def test_cli_rejects_inconsistent_multi_host_flags(tmp_path):
   done = cli_runs.train(tmp_path, "--num_processes=2", "--process_id=0")
   assert done.returncode != 0 and "--coordinator_address" in done.stdout
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_reports_a_bad_config_value_in_one_line(tmp_path):
+  done = cli_runs.train(tmp_path, "--config.data.num_frames=6")
+  errors = [line for line in done.stdout.splitlines() if line.startswith("vidgen train: error:")]
+  assert done.returncode == 2 and len(errors) == 1, done.stdout[-3000:]
+  assert "config.data.num_frames" in errors[0] and "Traceback" not in done.stdout
+  assert not (tmp_path / "checkpoints").exists()
