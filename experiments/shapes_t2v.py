@@ -118,8 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sample_every = 4
     config.data.update(num_frames=5, height=32, width=32, cache_clips=8, cache_batch=4, image_every=2)
     config.text.update(width=16, num_heads=2)
-    config.dit.update(input_size=latent_grid(vae_stage.vae, 5, 32, 32), width=32, depth=2, num_heads=2, window=(2, 2, 2),
-                      text_dim=0 if args["class"] else 16)
+    config.dit.update(input_size=latent_grid(vae_stage.vae, 5, 32, 32), width=32, depth=2, num_heads=2,
+                      window=(2, 2, 2), text_dim=0 if args["class"] else 16)
     config.sampling.update(steps=4, prompts=SAMPLE_PROMPTS[:2])
     config.eval.update(samples_per_combination=1, held_out_samples_per_combination=1, batch_size=9,
                        combinations=SAMPLE_PROMPTS[:2] + tuple(config.data.held_out), reconstruction_clips=2)

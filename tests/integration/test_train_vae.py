@@ -140,9 +140,9 @@ def test_bad_config_fails_before_compiling(tmp_path, overrides, field):
 
 def test_image_batches_must_split_over_the_data_axes():
   config = tiny_train_config(**{"data.image_batch_size": 6})
-  vae_trainer.VAETrainer.validate_mesh(config, {"data": 2, "fsdp": 3, "tensor": 1})
+  vae_trainer.validate_config(config, {"data": 2, "fsdp": 3, "tensor": 1})
   with pytest.raises(ConfigError, match=r"data\.image_batch_size: must be divisible by mesh data x fsdp = 4"):
-    vae_trainer.VAETrainer.validate_mesh(config, {"data": 4, "fsdp": 1, "tensor": 1})
+    vae_trainer.validate_config(config, {"data": 4, "fsdp": 1, "tensor": 1})
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):

@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from vidgen.config import load_config_file
 from vidgen.data.shapes import COLORS, DIRECTIONS, SHAPES, ShapesDataset, calibrate, caption, evaluation, render

@@ -32,6 +32,9 @@ class DataSource(Protocol):
   def class_of(self, prompt: str) -> int:
     """The class id a prompt names; raises vidgen.errors.InputError for a prompt that names none."""
 
+  def validate_eval(self, config: Any) -> None:
+    """Checks `config.eval` for `evaluate` (called with the run's other checks, before anything trains)."""
+
   def evaluate(self, pipe: Any, config: Any, workdir: str | None) -> dict[str, float]:
     """The source's evaluation of a DiT run through its VideoPipeline (details to workdir); flat scalar metrics."""
 

@@ -56,13 +56,15 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
   validate_optimizer_config(config.optimizer)
   spec = DiTSpec.from_config(config.dit)
   source = get_source(config.data)
+  source.validate_eval(config)
   if config.conditioning == "text":
     validate_small_text_config(config.text)
     require(config.dit.text_dim == config.text.width, "dit.text_dim",
             f"must equal config.text.width={config.text.width} (the caption tokens' width), got {config.dit.text_dim}")
     vocab = source.caption_tokenizer(config.text.max_length).vocab_size
     require(config.text.vocab_size == vocab, "text.vocab_size",
-            f"must be {vocab}, the caption vocabulary of data source {config.data.name!r}, got {config.text.vocab_size}")
+            f"must be {vocab}, the caption vocabulary of data source {config.data.name!r}, got "
+            f"{config.text.vocab_size}")
   if config.conditioning == "class":
     require(config.dit.num_classes == source.num_classes, "dit.num_classes",
             f"must be {source.num_classes}, the classes of data source {config.data.name!r}, got "

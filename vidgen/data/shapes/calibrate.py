@@ -360,7 +360,7 @@ def report(m: Measurements, chosen: dict, clips_per_set: int, seed: int) -> None
 
 def report_readings(m: Measurements, t: dict) -> None:
   """Accuracy of the reader, with thresholds `t`, on the measured ground truth."""
-  print(f"\nReadings with these thresholds (all three attributes right):")
+  print("\nReadings with these thresholds (all three attributes right):")
   for (geometry, condition), rows in m.moving.items():
     right = sum(not rejections(f, t) and f.best_shape == clip.shape and f.color == clip.color
                 and DIRECTIONS[clip.direction][f.axis] == f.sign for clip, f in rows)

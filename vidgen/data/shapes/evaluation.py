@@ -1,4 +1,4 @@
-"""Evaluation of a trained DiT run on the embedded data: sample videos, prompt-following, VAE reconstruction.
+"""Evaluation of a trained DiT run on the embedded data: prompt-following and VAE reconstruction.
 
 Prompt-following generates clips for every color x shape x direction combination, several per combination with noise
 of their own, and reads them back with the deterministic reader in `vidgen.data.shapes.reader`, which reads "none"
@@ -21,33 +21,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidgen import media, metrics
+from vidgen import metrics
 from vidgen.config import require
 from vidgen.data import to_model_range
 from vidgen.data.shapes.dataset import COLOR_NAMES, DIRECTION_NAMES, SHAPES, ShapesDataset, caption, parse_combination
 from vidgen.data.shapes.reader import prompt_following
 from vidgen.errors import ConfigError
 from vidgen.metrics.intervals import wilson_interval
-
-
-def _sample_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  s = config.sampling
-  return dict(num_frames=config.data.num_frames, steps=s.steps, guidance=s.guidance, sampler=s.sampler,
-              guidance_interval=tuple(s.get("guidance_interval", (0.0, 1.0))))
-
-
-def write_samples(pipe, config: ml_collections.ConfigDict, directory: str, step: int) -> np.ndarray:
-  """Generates `config.sampling.prompts` and writes them as one grid video (mp4 + gif) plus the prompt list."""
-  prompts = list(config.sampling.prompts)
-  videos = pipe(prompts, seed=config.sampling.seed, **_sample_kwargs(config))
-  if jax.process_index() == 0:
-    name = os.path.join(directory, f"samples_{step:06d}")
-    sample = media.grid(list(videos))
-    for ext in (".mp4", ".gif"):
-      media.write_video(name + ext, sample)
-    with open(name + ".txt", "w") as f:
-      f.write("\n".join(prompts) + "\n")
-  return videos
 
 
 # config.eval: required fields, then optional ones with their defaults. Any other field is refused, so that a setting
@@ -105,7 +85,7 @@ def _generate(pipe, config, prompts: list[str]) -> tuple[np.ndarray, list[tuple[
   out, ids = [], []
   for i in range(0, len(prompts), batch):
     chunk = prompts[i:i + batch]
-    out.append(pipe(chunk, seed=seed + i, **_sample_kwargs(config)))
+    out.append(pipe(chunk, seed=seed + i, **pipe.sampling_defaults()))
     ids += [(seed + i, j) for j in range(len(chunk))]
   return np.concatenate(out), ids
 
@@ -160,7 +140,7 @@ def evaluate(pipe, config: ml_collections.ConfigDict, workdir: str | None = None
   Returns {"sampling": the sampler settings, "seen" / "held_out": see `prompt_following_results`, "vae_psnr"}.
   """
   validate_eval_config(config)
-  results: dict[str, Any] = {"sampling": dict(_sample_kwargs(config), seed=config.eval.seed,
+  results: dict[str, Any] = {"sampling": dict(pipe.sampling_defaults(), seed=config.eval.seed,
                                               batch_size=config.eval.batch_size)}
   results.update(prompt_following_results(pipe, config))
   results["vae_psnr"] = reconstruction_psnr(pipe, config)

@@ -50,6 +50,9 @@ class ShapesSource:
       raise InputError(f"prompt {prompt!r}: this class-conditional model takes captions of the embedded data "
                        f"('a {{color}} {{shape}} moving {{direction}}'): {e}") from None
 
+  def validate_eval(self, config) -> None:
+    evaluation.validate_eval_config(config)
+
   def evaluate(self, pipe, config, workdir: str | None) -> dict[str, float]:
     """Prompt-following of a DiT run on every combination, and VAE PSNR (workdir/eval.json); flat metrics."""
     return evaluation.summary(evaluation.evaluate(pipe, config, workdir))
