@@ -248,25 +248,30 @@ def test_eval_config_refuses_fields_it_would_ignore_and_bad_values():
       evaluation.validate_eval_config(_eval_config(**{field: value}))
 
 
-def _oracle(flip=False):
-  """A generator that draws exactly the asked-for clip (or moving the opposite way), placed by its seed and index."""
+class _Oracle:
+  """A pipeline stand-in that draws exactly the asked-for clip (or moving the opposite way), placed by its seed and
+  index, with the run's sampling settings as a VideoPipeline has them."""
 
-  def generate(prompts, *, seed, num_frames, **unused):
+  def __init__(self, config, flip=False):
+    self.config, self.flip = config, flip
+
+  def sampling_defaults(self):
+    return dict(num_frames=self.config.data.num_frames, steps=50)
+
+  def __call__(self, prompts, *, seed, num_frames, **unused):
     videos = []
     for i, prompt in enumerate(prompts):
       color, shape, direction = prompt.split()[1], prompt.split()[2], prompt.split()[-1]
       rng = np.random.default_rng([seed, i])
       video = _moving(color, shape, direction, frames=num_frames, radius=rng.uniform(9, 14), speed=rng.uniform(1, 2))
-      videos.append(video[::-1] if flip else video)
+      videos.append(video[::-1] if self.flip else video)
     return np.stack(videos)
-
-  return generate
 
 
 def test_evaluation_of_a_perfect_and_a_backwards_generator():
   config = _eval_config(samples_per_combination=1, held_out_samples_per_combination=2, batch_size=13)
   config.data.num_frames = 9
-  results = evaluation.prompt_following_results(_oracle(), config)
+  results = evaluation.prompt_following_results(_Oracle(config), config)
   seen, held = results["seen"], results["held_out"]
   assert (seen["count"], seen["combinations"], held["count"], held["combinations"]) == (77, 77, 14, 7)
   for r in (seen, held):
@@ -275,9 +280,9 @@ def test_evaluation_of_a_perfect_and_a_backwards_generator():
     assert high == 1.0 and 0.75 < low < 1.0
   ids = [(e["seed"], e["index"]) for r in (seen, held) for e in r["examples"]]
   assert len(set(ids)) == 91 and ids[13] == (config.eval.seed + 13, 0)
-  assert evaluation.prompt_following_results(_oracle(), config) == results  # deterministic given eval.seed
+  assert evaluation.prompt_following_results(_Oracle(config), config) == results  # deterministic given eval.seed
 
-  backwards = evaluation.prompt_following_results(_oracle(flip=True), config)
+  backwards = evaluation.prompt_following_results(_Oracle(config, flip=True), config)
   for r in (backwards["seen"], backwards["held_out"]):
     assert r["color"] == r["shape"] == 1.0 and r["direction"] == r["all"] == 0.0
     assert r["interval"]["direction"][0] == 0.0 and 0.0 < r["interval"]["direction"][1] < 0.3
