@@ -296,3 +296,17 @@ def test_evaluation_of_a_perfect_and_a_backwards_generator():
   assert f"| seen | 77 | 100.0% ({low:.1%}-100.0%) | 100.0% ({low:.1%}-100.0%) | 0.0% (0.0%-" in table
   # A backwards clip has a direction, the wrong one: wrong, but not an abstention.
   assert "| held-out | 14 |" in table and table.splitlines()[2].endswith("| 0 |")
+
+
+def test_failed_checks_say_why_a_clip_is_not_a_dataset_clip():
+  from vidgen.data.shapes.reader import clip_features, failed_checks
+
+  assert failed_checks(clip_features(_moving("red", "square", "left", frames=17))) == []
+  assert "size change" in failed_checks(clip_features(calibrate.impostor("growing circle")))
+  assert "more than one blob" in failed_checks(clip_features(calibrate.impostor("two discs")))
+  static = failed_checks(clip_features(calibrate.impostor("static circle")))
+  assert "travel" in static and not {"outline residual", "size change", "shape disagreement"} & set(static)
+  assert failed_checks(clip_features(np.zeros((5, 32, 32, 3), np.uint8))) == ["no foreground"]
+  clips = [_moving("red", "square", "left", frames=17), calibrate.impostor("growing circle")]
+  result = prompt_following(clips, ["a red square moving left", "a red circle moving right"])
+  assert result["failed_checks"]["size change"] == 1 and result["examples"][0]["failed_checks"] == []

@@ -108,7 +108,8 @@ def reconstruction_psnr(pipe, config: ml_collections.ConfigDict) -> float:
 def _split_result(readings: dict, ids: list[tuple[int, int]], combinations: int) -> dict:
   """A `prompt_following` result with 95% Wilson intervals and each clip's seed and index in its batch."""
   count = readings["count"]
-  result = {k: readings[k] for k in ("count", "color", "shape", "direction", "all", "correct", "abstained")}
+  result = {k: readings[k]
+            for k in ("count", "color", "shape", "direction", "all", "correct", "abstained", "failed_checks")}
   result["combinations"] = combinations
   result["interval"] = {k: list(wilson_interval(n, count)) for k, n in readings["correct"].items()}
   result["examples"] = [dict(e, seed=s, index=j) for e, (s, j) in zip(readings["examples"], ids)]
@@ -119,6 +120,7 @@ def prompt_following_results(pipe, config: ml_collections.ConfigDict) -> dict:
   """Generates every clip of `eval_prompts` in one stream and reads them back: {"seen", "held_out"} (where a split has
   combinations), each {"count", "combinations", "color", "shape", "direction", "all" (fractions), "correct" (counts),
   "interval" ({attribute: [low, high]}, 95% Wilson), "abstained" (clips read "none" per attribute and in any),
+  "failed_checks" (clips failing each of the reader's checks),
   "examples" (per clip: prompt, seed, index, predicted, correct)}."""
   by_split = eval_prompts(config)
   prompts = by_split["seen"] + by_split["held_out"]  # one stream, so no two clips share a seed and index
@@ -181,5 +183,9 @@ def format_table(results: dict) -> str:
     rows.append(f"| {split.replace('_', '-')} | {r['count']} | " + " | ".join(cells) + f" | {r['abstained']['any']} |")
   rows.append("\nIn parentheses: 95% Wilson intervals. Abstained: clips the reader read as none of the dataset's "
               "colors, shapes or directions in at least one attribute (counted wrong).")
+  for split in ("seen", "held_out"):
+    if results.get(split, {}).get("failed_checks"):
+      checks = ", ".join(f"{name} {n}" for name, n in results[split]["failed_checks"].items())
+      rows.append(f"Why {split.replace('_', '-')} clips abstained (clips failing each check): {checks}")
   rows.append(f"VAE reconstruction PSNR: {results['vae_psnr']:.2f} dB")
   return "\n".join(rows)

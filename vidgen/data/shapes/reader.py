@@ -36,6 +36,7 @@ much smaller shapes (such as the 32x32 smoke-test runs draw) are outside it, and
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Sequence
 
@@ -282,21 +283,43 @@ def clip_features(video: np.ndarray) -> ClipFeatures | None:
       off_axis=off_axis, wobble=wobble)
 
 
+# Which failed checks make each attribute "none" (the names `failed_checks` returns).
+_SHAPE_CHECKS = frozenset({"shape in too few frames", "more than one blob", "anisotropy", "outline residual",
+                           "shape disagreement", "size change"})
+_COLOR_CHECKS = frozenset({"color deviation", "color disagreement"})
+_DIRECTION_CHECKS = frozenset({"shape in too few frames", "more than one blob", "travel", "off-axis", "wobble"})
+
+
+def failed_checks(features: ClipFeatures | None) -> list[str]:
+  """The names of the checks a clip fails, each a way in which it is not a dataset clip ([] for a dataset clip)."""
+  if features is None:
+    return ["no foreground"]
+  f = features
+  checks = {
+      "shape in too few frames": f.read_fraction < _MIN_READ_FRACTION,
+      "more than one blob": f.blobs != 1,
+      "anisotropy": f.anisotropy > MAX_ANISOTROPY,
+      "outline residual": f.residual[f.best_shape] > MAX_RESIDUAL[f.best_shape],
+      "shape disagreement": f.shape_disagreement > MAX_SHAPE_DISAGREEMENT,
+      "size change": f.size_change > MAX_SIZE_CHANGE,
+      "color deviation": f.color_deviation > MAX_COLOR_DEVIATION,
+      "color disagreement": f.color_disagreement > MAX_COLOR_DISAGREEMENT,
+      "travel": f.travel < MIN_TRAVEL,
+      "off-axis": f.off_axis > MAX_OFF_AXIS,
+      "wobble": f.wobble > MAX_WOBBLE,
+  }
+  return [name for name, failed in checks.items() if failed]
+
+
 def decide(features: ClipFeatures | None) -> ClipAttributes:
   """The reading of a clip's measurements: each attribute, or "none" where the clip is not a dataset clip in it."""
   if features is None:
     return ClipAttributes(NONE, NONE, NONE)
-  f = features
-  color = f.color
-  if f.color_deviation > MAX_COLOR_DEVIATION or f.color_disagreement > MAX_COLOR_DISAGREEMENT:
-    color = NONE
-  one_shape = f.read_fraction >= _MIN_READ_FRACTION and f.blobs == 1
-  shape = f.best_shape
-  if (not one_shape or f.anisotropy > MAX_ANISOTROPY or f.size_change > MAX_SIZE_CHANGE
-      or f.residual[shape] > MAX_RESIDUAL[shape] or f.shape_disagreement > MAX_SHAPE_DISAGREEMENT):
-    shape = NONE
+  f, failed = features, set(failed_checks(features))
+  color = NONE if failed & _COLOR_CHECKS else f.color
+  shape = NONE if failed & _SHAPE_CHECKS else f.best_shape
   direction = NONE
-  if one_shape and f.travel >= MIN_TRAVEL and f.off_axis <= MAX_OFF_AXIS and f.wobble <= MAX_WOBBLE:
+  if not failed & _DIRECTION_CHECKS:
     direction = ("down" if f.sign > 0 else "up") if f.axis == 0 else ("right" if f.sign > 0 else "left")
   return ClipAttributes(color, shape, direction)
 
@@ -316,8 +339,9 @@ def prompt_following(videos, prompts: Sequence[str]) -> dict:
   Returns:
     {"count": B, "color", "shape", "direction", "all": fraction of clips with that attribute (all three) right,
      "correct": the same as counts, "abstained": {"color", "shape", "direction", "any"}: clips read as "none" there,
+     "failed_checks": {check: clips failing it} (why clips abstained, most frequent first),
      "examples": per clip {"prompt", "predicted": {"color", "shape", "direction"}, "correct": {"color", "shape",
-     "direction", "all"} (bools)}}. A "none" reading is always wrong.
+     "direction", "all"} (bools), "failed_checks": [names]}}. A "none" reading is always wrong.
   """
   if isinstance(videos, np.ndarray) and videos.ndim != 5:
     raise ValueError(f"videos must be uint8 [B, T, H, W, 3] or a list of [T, H, W, 3], got shape {videos.shape}")
@@ -331,13 +355,17 @@ def prompt_following(videos, prompts: Sequence[str]) -> dict:
   examples = []
   for video, prompt in zip(videos, prompts):
     expected = dict(zip(keys, parse_combination(prompt)))
-    predicted = dataclasses.asdict(analyze_clip(video))
+    features = clip_features(video)
+    predicted = dataclasses.asdict(decide(features))
     correct = {k: predicted[k] == expected[k] for k in keys}
     correct["all"] = all(correct.values())
-    examples.append({"prompt": prompt, "predicted": predicted, "correct": correct})
+    examples.append({"prompt": prompt, "predicted": predicted, "correct": correct,
+                     "failed_checks": failed_checks(features)})
   counts = {k: int(sum(e["correct"][k] for e in examples)) for k in (*keys, "all")}
   abstained = {k: int(sum(e["predicted"][k] == NONE for e in examples)) for k in keys}
   abstained["any"] = int(sum(NONE in e["predicted"].values() for e in examples))
+  failed = collections.Counter(name for e in examples for name in e["failed_checks"])
   result: dict = {k: counts[k] / len(examples) for k in (*keys, "all")}
-  result.update(count=len(examples), correct=counts, abstained=abstained, examples=examples)
+  result.update(count=len(examples), correct=counts, abstained=abstained, failed_checks=dict(failed.most_common()),
+                examples=examples)
   return result
