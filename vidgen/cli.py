@@ -29,7 +29,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "train: this process's in
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "sample: the caption (repeat the flag for a batch).")
 _OUTPUT = flags.DEFINE_string("output", None, "sample: output video path, .mp4 or .gif (numbered for several "
                               "prompts: out_0.mp4, out_1.mp4, ...).")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", 17, "sample: frames, 1 + 4k.")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "sample: frames, 1 + 4k (default: the training clip length).")
 _HEIGHT = flags.DEFINE_integer("height", None, "sample: pixels (default: the training size).")
 _WIDTH = flags.DEFINE_integer("width", None, "sample: pixels (default: the training size).")
 _STEPS = flags.DEFINE_integer("steps", 50, "sample: sampler steps.")
@@ -88,7 +88,8 @@ def _sample() -> None:
     raise app.UsageError(f"--output={_OUTPUT.value!r}: the extension must be .mp4 or .gif")
   pipe = VideoPipeline.from_workdir(_WORKDIR.value)
   prompts = _PROMPT.value
-  videos = pipe(prompts, num_frames=_NUM_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value, steps=_STEPS.value,
+  num_frames = _NUM_FRAMES.value or pipe.config.data.num_frames
+  videos = pipe(prompts, num_frames=num_frames, height=_HEIGHT.value, width=_WIDTH.value, steps=_STEPS.value,
                 guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value,
                 guidance_interval=_interval(_GUIDANCE_INTERVAL.value), progress=True)
   paths = [_OUTPUT.value] if len(prompts) == 1 else [f"{root}_{i}{ext}" for i in range(len(prompts))]

@@ -8,8 +8,10 @@
 
 Generation is one jitted program per (batch, size, steps, sampler, guidance interval, strength) — text encoding, the
 guided sampler loop and VAE decoding — and depends only on (prompts, seed, init_video): example i starts from noise
-drawn with `fold_in(key(seed), i)`. Captions are tokenized with the run's data source vocabulary; a class-conditional
-run maps each prompt to the class it names (vidgen.data.sources).
+drawn with `fold_in(key(seed), i)`. Captions are tokenized with the run's data source vocabulary and encoded by the
+run's small text encoder, or, for a run on a frozen pretrained encoder (`config.text.encoder = "hf"`), encoded by that
+encoder at `config.text.max_length` tokens, as its training captions were; a class-conditional run maps each prompt
+to the class it names (vidgen.data.sources).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from flax import nnx
 from vidgen import diffusion, runs
 from vidgen.data import to_model_range, to_uint8
 from vidgen.data.sources import get_source
+from vidgen.config import require
 from vidgen.errors import InputError
 from vidgen.models.dit import Conditioning, null_conditioning
+from vidgen.models.text import TextEncoder, load_frozen_text_encoder, text_encoder_kind
 from vidgen.models.vae import SpacetimeVAE, latent_grid
 from vidgen.parallel import axis_rules, make_mesh
 
@@ -37,13 +41,15 @@ class VideoPipeline:
 
   Args:
     config: the DiT run's config.
-    networks: {"dit": (graphdef, params), "text": (graphdef, params) for captioned runs}.
+    networks: {"dit": (graphdef, params), "text": (graphdef, params) for runs with a small text encoder}.
     vae: the SpacetimeVAE the run encodes with (with its latent statistics).
     mesh: where generation runs; default: this process's devices.
+    text_encoder: the run's frozen pretrained encoder (`config.text.encoder = "hf"`), if the caller has it loaded
+      already (the trainer shares its own); default: loaded from `config.text.path` on first use.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, networks: dict[str, tuple[nnx.GraphDef, Any]],
-               vae: SpacetimeVAE, *, mesh: jax.sharding.Mesh | None = None):
+               vae: SpacetimeVAE, *, mesh: jax.sharding.Mesh | None = None, text_encoder: TextEncoder | None = None):
     self.config = config
     self.mesh = make_mesh({"data": -1}) if mesh is None else mesh
     self.networks = networks
@@ -52,8 +58,9 @@ class VideoPipeline:
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
     self.schedule = diffusion.schedule_from_config(config.diffusion)
     self.source = get_source(config.data)
-    self.tokenizer = (self.source.caption_tokenizer(config.text.max_length) if config.conditioning == "text"
-                      else None)
+    self.text_kind = text_encoder_kind(config.text) if config.conditioning == "text" else None
+    self.tokenizer = self.source.caption_tokenizer(config.text.max_length) if self.text_kind == "small" else None
+    self._text_encoder = text_encoder
     self.patch = tuple(config.dit.patch_size)
     self.num_classes = int(config.dit.num_classes)
     self.self_condition = bool(config.dit.get("self_condition", False))
@@ -73,9 +80,23 @@ class VideoPipeline:
 
   # -- inputs ------------------------------------------------------------------------------------------------------
 
+  @property
+  def text_encoder(self) -> TextEncoder:
+    """The run's frozen pretrained text encoder (encoder "hf"), loaded once."""
+    if self._text_encoder is None:
+      self._text_encoder = load_frozen_text_encoder(self.config.text)
+    require(self._text_encoder.width == self.config.dit.text_dim, "dit.text_dim",
+            f"{self.config.dit.text_dim} does not match the text encoder's width {self._text_encoder.width} "
+            f"({self._text_encoder.directory})")
+    return self._text_encoder
+
   def _condition_inputs(self, prompts: list[str]) -> dict[str, np.ndarray]:
-    """Prompts -> the host arrays the conditioning is built from (token ids + mask, or class ids)."""
+    """Prompts -> the host arrays the conditioning is built from: token ids or caption tokens (+ mask), or class ids."""
     kind = self.config.conditioning
+    if self.text_kind == "hf":
+      hidden, mask = self.text_encoder.encode(prompts, self.config.text.max_length)
+      # Rounded as the latent cache stores training captions (float16), so sampling conditions on what training saw.
+      return {"text": np.asarray(hidden, np.float16).astype(np.float32), "mask": np.asarray(mask)}
     if kind == "text":
       ids, mask = self.tokenizer(prompts)
       return {"ids": ids, "mask": mask}
@@ -110,6 +131,8 @@ class VideoPipeline:
         if "ids" in inputs:
           text = nnx.merge(self.networks["text"][0], params["text"])(inputs["ids"], inputs["mask"])
           cond = Conditioning(text=text, text_mask=inputs["mask"])
+        elif "text" in inputs:  # A frozen encoder's caption tokens, computed outside this program.
+          cond = Conditioning(text=inputs["text"], text_mask=inputs["mask"])
         elif "labels" in inputs:
           cond = Conditioning(labels=inputs["labels"])
         else:

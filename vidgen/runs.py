@@ -23,7 +23,7 @@ from vidgen.checkpoint import Checkpointer, abstract_like, restore_fields
 from vidgen.config import read_run_config as read_config
 from vidgen.errors import RunNotFoundError
 from vidgen.models.dit import VideoDiT
-from vidgen.models.text import SmallTextEncoder
+from vidgen.models.text import SmallTextEncoder, text_encoder_kind
 from vidgen.models.vae import SpacetimeVAE
 from vidgen.parallel import make_mesh, state_shardings
 
@@ -88,9 +88,12 @@ def vae_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def dit_models(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
-  """The networks a DiT run trains: {"dit": VideoDiT, "text": SmallTextEncoder (captioned runs only)}."""
+  """The networks a DiT run trains: {"dit": VideoDiT, "text": SmallTextEncoder (captioned runs with encoder "small")}.
+
+  A frozen pretrained encoder (`config.text.encoder = "hf"`) is not among them: it is loaded from its checkpoint.
+  """
   models = {"dit": VideoDiT(config.dit, rngs=rngs)}
-  if config.conditioning == "text":
+  if config.conditioning == "text" and text_encoder_kind(config.text) == "small":
     models["text"] = SmallTextEncoder(config.text, rngs=rngs)
   return models
 
@@ -101,7 +104,7 @@ class DiTRun:
 
   config: ml_collections.ConfigDict
   step: int
-  networks: dict[str, tuple[nnx.GraphDef, Any]]  # "dit", and "text" for captioned runs
+  networks: dict[str, tuple[nnx.GraphDef, Any]]  # "dit", and "text" for runs with a small text encoder
   vae: SpacetimeVAE
 
 

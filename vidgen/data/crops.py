@@ -32,4 +32,12 @@ def content_crop(video: np.ndarray, size: int, *, grid: int, rng: np.random.Gene
   return candidates[rng.integers(len(candidates))]
 
 
-__all__ = ["content_crop", "crop_offsets"]
+def random_crop(video: np.ndarray, size: int, *, grid: int, rng: np.random.Generator) -> np.ndarray:
+  """[T, H, W, C] -> [T, size, size, C]: one window drawn uniformly from the lattice windows (natural footage has
+  content everywhere, so no search for it)."""
+  offsets = crop_offsets(video.shape[1], video.shape[2], size, grid)
+  y, x = offsets[rng.integers(len(offsets))]
+  return video[:, y:y + size, x:x + size]
+
+
+__all__ = ["content_crop", "crop_offsets", "random_crop"]

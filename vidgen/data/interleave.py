@@ -27,6 +27,18 @@ class Interleave:
     self.next_batch += 1
     return next(self.other if (b + 1) % self.every == 0 else self.main)
 
+  def stats(self) -> dict[str, int]:
+    """The streams' data counters, summed (a stream without counters adds nothing)."""
+    out: dict[str, int] = {}
+    for stream in (self.main, self.other):
+      for k, v in getattr(stream, "stats", dict)().items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+  def close(self) -> None:
+    for stream in (self.main, self.other):
+      getattr(stream, "close", lambda: None)()
+
   def get_state(self) -> dict[str, Any]:
     return {"next_batch": self.next_batch, "main": self.main.get_state(), "other": self.other.get_state()}
 

@@ -4,10 +4,11 @@ Encoding every clip with the VAE at every DiT step would cost more than the DiT 
 encoded once. The cache keeps the posterior's mean and std (not a single sample), so every epoch can still draw a fresh
 z = mean + std * eps, as training on the VAE's output distribution expects.
 
-Layout of a cache directory (written under a temporary name and renamed when complete, so a crash mid-build never
-leaves a half cache that looks finished):
-  meta.json           fingerprint of the VAE and data that produced it, shapes, number of clips, shard list
-  shard_00000.npz     mean float32 [n, T', H', W', C], std float32 [n, ...], label int32 [n], caption str [n]
+Layout of a cache directory (built in DIR.partial, one chunk file per process at a time, and renamed when complete,
+so a crash mid-build never leaves a half cache that looks finished, and the next build resumes where it stopped):
+  meta.json              fingerprint of the VAE and data that produced it, shapes, number of clips, shard list
+  chunk_00000_000.npz    chunk 0 of process 0: mean float32 [n, T', H', W', C], std float32 [n, ...], label int32
+                         [n], caption str [n]; with a frozen text encoder text float16 [n, L, D], text_mask bool [n, L]
   ...
 A cache is only used by a run whose fingerprint matches; any other is refused with the fields that differ.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -81,7 +81,8 @@ class LatentCache:
     for name in meta["shards"]:
       with np.load(os.path.join(directory, name), allow_pickle=False) as shard:
         for k in shard.files:
-          parts.setdefault(k, []).append(shard[k])
+          if not k.startswith("stream_"):  # the builder's resume bookkeeping
+            parts.setdefault(k, []).append(shard[k])
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     return cls(directory, meta, arrays)
 
@@ -90,62 +91,95 @@ class LatentCache:
     return os.path.exists(os.path.join(directory, META))
 
   @classmethod
-  def build(cls, directory: str, *, fingerprint: dict, num_clips: int, clips_fn: Callable[[int, int], dict],
-            encode_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], batch_size: int = 32,
-            shard_size: int = 1024, write: bool = True) -> None:
-    """Encodes clips [0, num_clips) and writes the cache atomically.
+  def build(cls, directory: str, *, fingerprint: dict, batches: Iterator[dict], num_batches: int,
+            encode_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+            text_fn: Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None = None, batches_per_chunk: int = 32,
+            shard_index: int = 0, shard_count: int = 1, is_main: bool = True, barrier: Callable[[str], None] = lambda name: None,
+            log: Callable[[str], None] = lambda message: None) -> None:
+    """Encodes `num_batches` batches of every process's clip stream into `directory`; resumable, sharded.
+
+    Each process encodes its shard's batches (`encode_fn` may be a collective over all processes, so every process
+    calls it equally often) and writes its shard's chunk files (processes feeding the same shard write the same bytes) into `directory + ".partial"`, each with the stream's state
+    after it. A build that stops (crash, preemption) resumes after the last chunk every process finished; the
+    partial directory becomes `directory` (with meta.json) only when complete, so a half cache never looks finished.
 
     Args:
-      directory: final location; must not exist yet (a stale temporary build next to it is removed).
-      fingerprint: JSON-able description of the VAE and data; `open` refuses a cache whose fingerprint differs.
-      clips_fn: (start, n) -> {"video": uint8 [n, T, H, W, 3], "label": [n], "caption": [n]}.
-      encode_fn: uint8 video [n, T, H, W, 3] -> (mean, std), each float [n, T', H', W', C]. Called on every process
-        (it may run a sharded computation); only a process with `write=True` writes files.
-      write: whether this process writes (process 0 in a multi-host run).
+      batches: this process's clips, {"video": uint8 [n, T, H, W, 3], "label", "caption"}, with get_state /
+        set_state (JSON) for resuming.
+      encode_fn: this process's uint8 video -> (mean, std), each float [n, T', H', W', C].
+      text_fn: captions -> (hidden [n, L, D], mask bool [n, L]) of a frozen text encoder, stored as "text" (float16:
+        half the disk and memory; frozen encoders end in a norm, so their outputs are small) and "text_mask".
+      shard_index, shard_count: which of the stream's shards this process encodes.
+      is_main: whether this process prepares the directory and publishes the finished cache (exactly one does).
+      barrier: waits for every process (multi-host runs); log: progress lines.
     """
-    if num_clips < 1:
-      raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-    parent = os.path.dirname(os.path.abspath(directory))
-    tmp = None
-    if write:
-      os.makedirs(parent, exist_ok=True)
-      tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
-    shards, latent_shape, buffer = [], None, {}
-
-    def flush():
-      if not buffer or not write:
-        buffer.clear()
-        return
-      name = f"shard_{len(shards):05d}.npz"
-      np.savez(os.path.join(tmp, name), **{k: np.concatenate(v) for k, v in buffer.items()})
-      shards.append(name)
-      buffer.clear()
-
-    try:
-      for start in range(0, num_clips, batch_size):
-        n = min(batch_size, num_clips - start)
-        clips = clips_fn(start, n)
+    if num_batches < 1:
+      raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    partial = os.path.abspath(directory) + ".partial"
+    stamp = os.path.join(partial, "fingerprint.json")
+    wanted = json.dumps(fingerprint, sort_keys=True)
+    if is_main:
+      if os.path.exists(partial) and (not os.path.exists(stamp) or open(stamp).read() != wanted):
+        shutil.rmtree(partial)  # left by a build for another VAE or data config: start over
+      os.makedirs(partial, exist_ok=True)
+      with open(stamp, "w") as f:
+        f.write(wanted)
+    barrier("latent cache: partial directory ready")
+    num_chunks = -(-num_batches // batches_per_chunk)
+    chunk_name = lambda c, p: f"chunk_{c:05d}_{p:03d}.npz"
+    done = 0
+    while done < num_chunks and all(os.path.exists(os.path.join(partial, chunk_name(done, p)))
+                                    for p in range(shard_count)):
+      done += 1
+    barrier("latent cache: resume point found")
+    if done:
+      with np.load(os.path.join(partial, chunk_name(done - 1, shard_index)), allow_pickle=False) as last:
+        batches.set_state(json.loads(str(last["stream_state"])))
+      log(f"latent cache: resuming after {done} of {num_chunks} chunks in {partial}")
+    for c in range(done, num_chunks):
+      parts: dict[str, list[np.ndarray]] = {}
+      for _ in range(min(batches_per_chunk, num_batches - c * batches_per_chunk)):
+        clips = next(batches)
         mean, std = encode_fn(clips["video"])
-        latent_shape = tuple(int(s) for s in mean.shape[1:])
-        for k, v in (("mean", np.asarray(mean, np.float32)), ("std", np.asarray(std, np.float32)),
-                     ("label", np.asarray(clips["label"], np.int32)),
-                     ("caption", np.asarray(clips["caption"]).astype(str))):
-          buffer.setdefault(k, []).append(v)
-        if sum(len(v) for v in buffer["mean"]) >= shard_size:
-          flush()
-      flush()
-      if write:
-        meta = {"version": FORMAT_VERSION, "fingerprint": fingerprint, "num_clips": num_clips,
-                "latent_shape": latent_shape, "shards": shards}
-        with open(os.path.join(tmp, META), "w") as f:
-          json.dump(meta, f, indent=2)
-        if os.path.exists(directory):  # built concurrently by someone else, or left from a mismatch: replace it
-          shutil.rmtree(directory)
-        os.replace(tmp, directory)
-        tmp = None
-    finally:
-      if tmp is not None:
-        shutil.rmtree(tmp, ignore_errors=True)
+        arrays = {"mean": np.asarray(mean, np.float32), "std": np.asarray(std, np.float32),
+                  "label": np.asarray(clips["label"], np.int32), "caption": np.asarray(clips["caption"]).astype(str)}
+        if text_fn is not None:
+          hidden, mask = text_fn([str(x) for x in clips["caption"]])
+          arrays.update(text=np.asarray(hidden, np.float16), text_mask=np.asarray(mask, bool))
+        for k, v in arrays.items():
+          parts.setdefault(k, []).append(v)
+      stats = getattr(batches, "stats", dict)()
+      target = os.path.join(partial, chunk_name(c, shard_index))
+      with open(target + ".tmp", "wb") as f:  # written whole, then renamed: a chunk file is complete or absent
+        np.savez(f, **{k: np.concatenate(v) for k, v in parts.items()},
+                 stream_state=np.asarray(json.dumps(batches.get_state())), stream_stats=np.asarray(json.dumps(stats)))
+      os.replace(target + ".tmp", target)
+      log(f"latent cache: chunk {c + 1}/{num_chunks} written" + (f" ({stats})" if stats else ""))
+    barrier("latent cache: every chunk written")
+    if is_main:
+      shards = [chunk_name(c, p) for c in range(num_chunks) for p in range(shard_count)]
+      with np.load(os.path.join(partial, shards[0]), allow_pickle=False) as first:
+        latent_shape = [int(s) for s in first["mean"].shape[1:]]
+      skipped = 0
+      for p in range(shard_count):
+        with np.load(os.path.join(partial, chunk_name(num_chunks - 1, p)), allow_pickle=False) as last:
+          skipped += int(json.loads(str(last["stream_stats"])).get("data_skipped", 0))
+      meta = {"version": FORMAT_VERSION, "fingerprint": fingerprint, "num_clips": cls._count(partial, shards),
+              "latent_shape": latent_shape, "shards": shards, "skipped_records": skipped}
+      with open(os.path.join(partial, META), "w") as f:
+        json.dump(meta, f, indent=2)
+      if os.path.exists(directory):  # left from a mismatch: replace it
+        shutil.rmtree(directory)
+      os.replace(partial, directory)
+    barrier("latent cache: complete")
+
+  @staticmethod
+  def _count(directory: str, shards: list[str]) -> int:
+    total = 0
+    for name in shards:
+      with np.load(os.path.join(directory, name), allow_pickle=False) as shard:
+        total += len(shard["label"])
+    return total
 
 
 def is_image_batch(b: int, image_every: int, image_first: int = 0) -> bool:

@@ -120,6 +120,17 @@ def batch_shard(mesh: Mesh, global_batch: int) -> tuple[int, int]:
   return start // size, global_batch // size
 
 
+def host_rows(x: jax.Array) -> np.ndarray:
+  """The rows of a batch-sharded global array that sit on this process's devices, in order (the inverse of feeding
+  them with `jax.make_array_from_process_local_data`); replicas over model axes count once."""
+  blocks = {}
+  for shard in x.addressable_shards:
+    start = shard.index[0].indices(x.shape[0])[0]
+    if start not in blocks:
+      blocks[start] = np.asarray(shard.data)
+  return np.concatenate([blocks[k] for k in sorted(blocks)])
+
+
 def any_process(flag: bool) -> bool:
   """True on every process if `flag` is True on any of them (so all take the same branch); cheap for one process."""
   if jax.process_count() == 1:

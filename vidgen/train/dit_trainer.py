@@ -7,8 +7,9 @@ image + video training (the first `data.image_first` batches and every `data.ima
 latents). Samples for `config.sampling.prompts` go to `workdir/samples/`; the last evaluation runs the data source's
 own evaluation (for the embedded shapes: prompt-following on seen and held-out combinations, `workdir/eval.json`).
 
-Conditioning (`config.conditioning`): "text" (captions through `SmallTextEncoder`, cross-attention), "class" (the
-data source's class ids) or "none".
+Conditioning (`config.conditioning`): "text" (captions through cross-attention: with `config.text.encoder = "small"`
+a `SmallTextEncoder` trained with the DiT; with "hf" a frozen pretrained T5 / UMT5 / CLIP whose caption embeddings are
+cached with the latents), "class" (the data source's class ids) or "none".
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from vidgen.data.latent_cache import LatentCache, LatentIterator, is_image_batch
 from vidgen.data.sources import get_source
 from vidgen.models.dit import Conditioning, drop_conditioning
 from vidgen.models.dit_config import DiTSpec
-from vidgen.models.text import validate_small_text_config
+from vidgen.models.text.frozen import text_encoder_kind, text_width, validate_text_config
 from vidgen.models.vae import SpacetimeVAE, latent_grid
 from vidgen.parallel import axis_rules, state_shardings
 from vidgen.pipeline import VideoPipeline
@@ -58,13 +59,15 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
   source = get_source(config.data)
   source.validate_eval(config)
   if config.conditioning == "text":
-    validate_small_text_config(config.text)
-    require(config.dit.text_dim == config.text.width, "dit.text_dim",
-            f"must equal config.text.width={config.text.width} (the caption tokens' width), got {config.dit.text_dim}")
-    vocab = source.caption_tokenizer(config.text.max_length).vocab_size
-    require(config.text.vocab_size == vocab, "text.vocab_size",
-            f"must be {vocab}, the caption vocabulary of data source {config.data.name!r}, got "
-            f"{config.text.vocab_size}")
+    validate_text_config(config.text)
+    width = text_width(config.text)
+    require(config.dit.text_dim == width, "dit.text_dim",
+            f"must equal the text encoder's width {width} (the caption tokens' width), got {config.dit.text_dim}")
+    if text_encoder_kind(config.text) == "small":
+      vocab = source.caption_tokenizer(config.text.max_length).vocab_size
+      require(config.text.vocab_size == vocab, "text.vocab_size",
+              f"must be {vocab}, the caption vocabulary of data source {config.data.name!r}, got "
+              f"{config.text.vocab_size}")
   if config.conditioning == "class":
     require(config.dit.num_classes == source.num_classes, "dit.num_classes",
             f"must be {source.num_classes}, the classes of data source {config.data.name!r}, got "
@@ -111,16 +114,20 @@ class DiTTrainer:
   """A latent VideoDiT on a built latent cache (see the module docstring); `config` validated by `validate_config`."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str, *,
-               vae: SpacetimeVAE, cache: LatentCache):
+               vae: SpacetimeVAE, cache: LatentCache, text_encoder: Any = None):
+    """`text_encoder`: the frozen encoder of a `config.text.encoder = "hf"` run (its caption embeddings are in the
+    cache; sampling during training encodes prompts with it)."""
     self.config, self.mesh, self.workdir, self.vae, self.cache = config, mesh, workdir, vae, cache
+    self.text_encoder = text_encoder
+    self.frozen_text = config.conditioning == "text" and text_encoder_kind(config.text) == "hf"
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
     self.latent_shift = np.asarray(vae.latent_shift[...])
     self.latent_scale = np.asarray(vae.latent_scale[...])
     self.spec = DiTSpec.from_config(config.dit)
     self.schedule = diffusion.schedule_from_config(config.diffusion)
     self.source = get_source(config.data)
-    self.tokenizer = (self.source.caption_tokenizer(config.text.max_length) if config.conditioning == "text"
-                      else None)
+    self.tokenizer = (self.source.caption_tokenizer(config.text.max_length)
+                      if config.conditioning == "text" and not self.frozen_text else None)
     self.graphs, params = {}, {}
     for name, module in nnx.eval_shape(lambda: dit_models(config, nnx.Rngs(0))).items():
       self.graphs[name], params[name] = nnx.split(module, nnx.Param)
@@ -166,6 +173,8 @@ class DiTTrainer:
     out = {"mean": batch["mean"], "std": batch["std"]}
     if self.config.conditioning == "class":
       out["label"] = batch["label"]
+    elif self.frozen_text:
+      out["text"], out["mask"] = batch["text"], batch["text_mask"]
     elif self.config.conditioning == "text":
       out["ids"], out["mask"] = batch["ids"], batch["mask"]
     return out
@@ -181,6 +190,8 @@ class DiTTrainer:
     """Batch (+ text-encoder params) -> the DiT's conditioning."""
     if self.config.conditioning == "class":
       return Conditioning(labels=batch["label"])
+    if self.frozen_text:  # cached embeddings (float16 on disk)
+      return Conditioning(text=batch["text"].astype(jnp.float32), text_mask=batch["mask"])
     if self.config.conditioning == "text":
       text = nnx.merge(self.graphs["text"], params["text"])(batch["ids"], batch["mask"])
       return Conditioning(text=text, text_mask=batch["mask"])
@@ -248,7 +259,7 @@ class DiTTrainer:
     """A `VideoPipeline` over the current weights (EMA by default)."""
     params = state.ema_params if ema else state.params
     networks = {name: (graph, params[name]) for name, graph in self.graphs.items()}
-    return VideoPipeline(self.config, networks, self.vae, mesh=self.mesh)
+    return VideoPipeline(self.config, networks, self.vae, mesh=self.mesh, text_encoder=self.text_encoder)
 
   def evaluate(self, state: DiTState, step: int) -> dict[str, float]:
     """Writes sample videos for `config.sampling.prompts`; at the last step also runs the data source's evaluation."""

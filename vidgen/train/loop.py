@@ -201,7 +201,7 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
       do_eval = step % config.sample_every == 0 or is_last
       do_ckpt = step % config.checkpoint_every == 0 or is_last or preempted
       if step % config.log_every == 0 or do_eval or do_ckpt or step == 1:
-        host_metrics = jax.device_get(metrics)
+        host_metrics = {**jax.device_get(metrics), **getattr(iterator, "stats", dict)()}  # + data counters
         writer.lap()
         if skip_nonfinite:
           total = int(host_metrics["skipped_updates"])
@@ -229,6 +229,7 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
         jax.block_until_ready(metrics)
         writer.reset_timer(step)  # evaluation / checkpoint time is not step time
   finally:
+    getattr(iterator, "close", lambda: None)()  # decoding worker processes
     watcher.close()
     checkpointer.close()
     writer.close()

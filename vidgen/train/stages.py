@@ -13,6 +13,7 @@ Each stage is skipped when its output exists, so the same command resumes wherev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from typing import Any
@@ -28,7 +29,9 @@ from vidgen.config import require
 from vidgen.data.latent_cache import LatentCache
 from vidgen.data.sources import get_source
 from vidgen.models.vae import SpacetimeVAE
-from vidgen.parallel import axis_rules, make_mesh, replicate
+from vidgen.models.text.frozen import encode_captions, load_frozen_text_encoder, text_encoder_kind
+from vidgen.parallel import axis_rules, batch_sharding, make_mesh
+from vidgen.parallel.distributed import batch_shard, host_rows
 from vidgen.parallel.mesh import MESH_AXES
 from vidgen.train import dit_trainer, loop, vae_trainer
 from vidgen.train.writers import log
@@ -41,7 +44,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   mesh_shape = dict(zip(MESH_AXES, loop.validate_common(config, num_devices)))
   require(config.trainer in TRAINERS, "trainer", f"unknown trainer {config.trainer!r}; allowed: {list(TRAINERS)}")
   require("data" in config, "data", "is missing: every run names its data source (config.data.name)")
-  get_source(config.data)
+  get_source(config.data).check()
   if config.trainer == "vae":
     vae_trainer.validate_config(config, mesh_shape)
     return
@@ -70,6 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   Raises `Preempted` (after saving a checkpoint) when SIGTERM arrives; call it again to resume.
   """
   jax.config.update("jax_threefry_partitionable", True)
+  config = with_absolute_paths(config)
   validate(config)
   workdir = os.path.abspath(workdir)
   if config.trainer == "vae":
@@ -84,9 +88,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     log(f"stage 1/3: using the trained VAE in {vae_dir}")
   mesh = make_mesh(dict(config.mesh))
   vae, vae_step = runs.load_vae(vae_dir, mesh)
-  cache = latent_cache(config, workdir, vae, vae_step, mesh)
+  text_encoder = None
+  if config.conditioning == "text" and text_encoder_kind(config.text) == "hf":
+    log(f"loading the frozen text encoder {config.text.path}")
+    text_encoder = load_frozen_text_encoder(config.text)
+  cache = latent_cache(config, workdir, vae, vae_step, mesh, text_encoder)
   log("stage 3/3: training the DiT")
-  return loop.run(dit_trainer.DiTTrainer(config, mesh, workdir, vae=vae, cache=cache), config, mesh, workdir)
+  trainer = dit_trainer.DiTTrainer(config, mesh, workdir, vae=vae, cache=cache, text_encoder=text_encoder)
+  return loop.run(trainer, config, mesh, workdir)
+
+
+PATH_FIELDS = (("data", "path"), ("data", "eval_path"), ("data", "data_dir"), ("data", "cache_dir"), ("text", "path"),
+               ("vae_workdir",))
+
+
+def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy whose paths are absolute, so the run's config.json still finds its data and text encoder when read from
+  another directory (`vidgen sample`, `vidgen eval`); stages included."""
+  config = config.copy_and_resolve_references()
+  for *parents, field in PATH_FIELDS:
+    node = config
+    for name in parents:
+      node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    if isinstance(node, ml_collections.ConfigDict) and isinstance(node.get(field), str) and node.get(field):
+      node[field] = os.path.abspath(os.path.expanduser(node[field]))
+  if "vae_stage" in config:
+    config.vae_stage = with_absolute_paths(config.vae_stage)
+  return config
 
 
 def params_fingerprint(tree: Any) -> str:
@@ -98,39 +126,68 @@ def params_fingerprint(tree: Any) -> str:
   return h.hexdigest()
 
 
+def text_fingerprint(text_config) -> dict:
+  """What decides a frozen text encoder's caption embeddings: its checkpoint (config and weight files) and length."""
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(text_config.path)):
+    file = os.path.join(text_config.path, name)
+    if os.path.isfile(file):
+      h.update(name.encode())
+      h.update(open(file, "rb").read() if name.endswith(".json") else str(os.path.getsize(file)).encode())
+  return {"path": os.path.abspath(text_config.path), "files_sha256": h.hexdigest(),
+          "max_length": text_config.max_length, "dtype": text_config.get("dtype", "float32")}
+
+
 def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: SpacetimeVAE, vae_step: int,
-                 mesh: jax.sharding.Mesh) -> LatentCache:
+                 mesh: jax.sharding.Mesh, text_encoder: Any = None) -> LatentCache:
   """Stage 2: opens workdir/latents (or config.data.cache_dir), encoding the training clips into it first if needed.
 
-  The cache stores the VAE posterior's mean and std (un-normalized); a cache built by another VAE or data config is
-  refused (see `vidgen.data.latent_cache`).
+  The cache stores the VAE posterior's mean and std (un-normalized) of `data.cache_clips` clips of the training
+  stream (rounded up to whole `data.cache_batch` batches), and with a frozen `text_encoder` the captions' embeddings.
+  Every process encodes its own shard of the stream; a build that stops resumes; a cache built by another VAE, data
+  or text config is refused (see `vidgen.data.latent_cache`).
   """
   d = config.data
   directory = os.path.abspath(d.cache_dir) if d.cache_dir else os.path.join(workdir, "latents")
   graph, params, stats = nnx.split(vae, nnx.Param, ...)
+  source = get_source(d)
   fingerprint = {"vae": {"config": vae.config, "step": int(vae_step), "params_sha256": params_fingerprint(params)},
-                 "data": {**get_source(d).fingerprint(), "clips": d.cache_clips}}
+                 "data": {**source.fingerprint(), "clips": d.cache_clips}}
+  if text_encoder is not None:
+    fingerprint["text"] = text_fingerprint(config.text)
   if LatentCache.exists(directory):
     log(f"stage 2/3: using the latent cache {directory}")
     return LatentCache.open(directory, fingerprint)
   log(f"stage 2/3: encoding {d.cache_clips} clips into the latent cache {directory}")
   rules = tuple(tuple(r) for r in config.sharding_rules)
+  shard_index, shard_count = batch_shard(mesh, d.cache_batch)
+  video_sharding = batch_sharding(mesh, 5)
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=(video_sharding, video_sharding))
   def encode(params, stats, video_uint8):
     with axis_rules(mesh, rules):
       posterior = nnx.merge(graph, params, stats).encode(video_uint8.astype(jnp.float32) / 127.5 - 1.0)
       return posterior.mean, posterior.std
 
-  def encode_fn(video_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean, std = encode(params, stats, replicate(mesh, video_uint8))
-    return np.asarray(mean), np.asarray(std)
+  def encode_fn(local_video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    video = jax.make_array_from_process_local_data(video_sharding, local_video,
+                                                   (local_video.shape[0] * shard_count, *local_video.shape[1:]))
+    mean, std = encode(params, stats, video)
+    return host_rows(mean), host_rows(std)
 
-  LatentCache.build(directory, fingerprint=fingerprint, num_clips=d.cache_clips,
-                    clips_fn=get_source(d).dataset("train").batch, encode_fn=encode_fn, batch_size=d.cache_batch,
-                    write=jax.process_index() == 0)
+  text_fn = None
+  if text_encoder is not None:
+    text_fn = lambda captions: encode_captions(text_encoder, captions, config.text.max_length)
+  batches = source.iterator("train", global_batch=d.cache_batch, shard_index=shard_index, shard_count=shard_count)
+  barrier = lambda name: None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices("vidgen latent cache written")
+    barrier = lambda name: multihost_utils.sync_global_devices(name)
+  try:
+    LatentCache.build(directory, fingerprint=fingerprint, batches=batches, num_batches=-(-d.cache_clips // d.cache_batch),
+                      encode_fn=encode_fn, text_fn=text_fn, shard_index=shard_index, shard_count=shard_count,
+                      is_main=jax.process_index() == 0, barrier=barrier, log=log)
+  finally:
+    getattr(batches, "close", lambda: None)()
   return LatentCache.open(directory, fingerprint)

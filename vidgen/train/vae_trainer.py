@@ -27,7 +27,7 @@ from flax import nnx
 
 from vidgen import media, metrics
 from vidgen.config import require
-from vidgen.data import ClipIterator, to_model_range, to_uint8
+from vidgen.data import to_model_range, to_uint8
 from vidgen.data.interleave import Interleave
 from vidgen.data.sources import get_source
 from vidgen.models.discriminator import PatchDiscriminator3D
@@ -60,7 +60,6 @@ class VAEState:
 def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int]) -> None:
   """The VAE run's own fields (the common ones are checked by the loop), before anything is built."""
   validate_vae_config(config.vae)
-  get_source(config.data)
   validate_optimizer_config(config.optimizer)
   validate_optimizer_config(config.discriminator.optimizer, "discriminator.optimizer")
   loss = config.loss
@@ -137,20 +136,16 @@ class VAETrainer:
 
   # -- data --------------------------------------------------------------------------------------------------------
 
-  def dataset(self, split: str, num_frames: int, crop_size: int = 0):
-    return self.source.dataset(split, num_frames=num_frames, crop_size=crop_size,
-                               crop_grid=self.config.vae.spatial_downsample)
-
-  def make_iterator(self, process_index: int, process_count: int) -> ClipIterator | Interleave:
+  def make_iterator(self, process_index: int, process_count: int):
     """Training clips, cut to `data.crop_size` windows when set (evaluation always sees whole frames); with
     `data.image_every` > 0, every image_every-th batch is `data.image_batch_size` 1-frame clips instead."""
     d = self.config.data
-    shards = dict(process_index=process_index, process_count=process_count)
-    clips = ClipIterator(self.dataset("train", d.num_frames, d.crop_size), global_batch=self.config.batch_size,
-                         **shards)
+    shards = dict(shard_index=process_index, shard_count=process_count, crop_size=d.crop_size,
+                  crop_grid=self.config.vae.spatial_downsample)
+    clips = self.source.iterator("train", global_batch=self.config.batch_size, num_frames=d.num_frames, **shards)
     if not d.image_every:
       return clips
-    images = ClipIterator(self.dataset("train", 1, d.crop_size), global_batch=d.image_batch_size, **shards)
+    images = self.source.iterator("train", global_batch=d.image_batch_size, num_frames=1, **shards)
     return Interleave(clips, images, d.image_every)
 
   @staticmethod
@@ -240,7 +235,7 @@ class VAETrainer:
 
   def eval_videos(self) -> np.ndarray:
     d = self.config.data
-    return self.dataset("validation", d.eval_frames).batch(0, d.eval_clips)["video"]
+    return self.source.clips("validation", d.eval_clips, num_frames=d.eval_frames)["video"]
 
   def reconstruct(self, state: VAEState, video_uint8: np.ndarray) -> np.ndarray:
     """uint8 [B, T, H, W, 3] -> reconstructions as float in [-1, 1] (posterior mode), on the run's mesh."""
@@ -269,7 +264,7 @@ class VAETrainer:
   def finalize(self, state: VAEState) -> VAEState:
     """Measures the per-channel latent shift/scale on training clips and stores them in the state."""
     n = self.config.data.latent_stats_clips
-    videos = self.dataset("train", self.config.data.num_frames).batch(10_000_000, n)["video"]
+    videos = self.source.clips("train", n, num_frames=self.config.data.num_frames)["video"]
 
     def moments(params, stats, x):
       vae = nnx.merge(self.vae_graph, params, stats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from vidgen.config import require
+from vidgen.data.clips import ClipIterator
 from vidgen.data.shapes import evaluation
 from vidgen.data.shapes.dataset import (
     CLASS_FACTORS,
@@ -33,6 +34,17 @@ class ShapesSource:
 
   def dataset(self, split: str, **overrides: Any) -> ShapesDataset:
     return ShapesDataset.from_config(self.data, split, **overrides)
+
+  def check(self) -> None:
+    self.dataset("train")  # raises on a geometry or held-out list that leaves nothing to draw
+
+  def iterator(self, split: str, *, global_batch: int, shard_index: int = 0, shard_count: int = 1,
+               **overrides: Any) -> ClipIterator:
+    return ClipIterator(self.dataset(split, **overrides), global_batch=global_batch, process_index=shard_index,
+                        process_count=shard_count)
+
+  def clips(self, split: str, count: int, **overrides: Any) -> dict:
+    return self.dataset(split, **overrides).batch(0, count)
 
   def fingerprint(self) -> dict:
     d = self.data

@@ -349,6 +349,37 @@ class TextEncoder:
 MODEL_TYPES = ("t5", "mt5", "umt5", "clip", "clip_text_model")
 
 
+def read_text_spec(directory: str | pathlib.Path, *, dtype: str = "float32") -> T5Spec | CLIPTextSpec:
+  """The encoder's spec from a checkpoint directory's `config.json` alone (no weight is read), fully checked.
+
+  Raises FileNotFoundError for a missing directory or config.json, ValueError for an unsupported model_type, dtype or
+  config field, so a run's config can be validated before anything is loaded.
+  """
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise FileNotFoundError(f"text encoder directory {directory} does not exist; expected a Hugging Face checkpoint "
+                            f"directory with config.json and one of {list(WEIGHT_FILES)}")
+  config_path = directory / "config.json"
+  if not config_path.is_file():
+    raise FileNotFoundError(f"{config_path} does not exist; a text encoder directory needs config.json "
+                            f"(model_type one of {MODEL_TYPES})")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not supported; allowed: {DTYPES}")
+  try:
+    config = json.loads(config_path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_path} is not valid JSON: {e}") from e
+  model_type = config.get("model_type") if isinstance(config, dict) else None
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f"{config_path}: model_type {model_type!r} is not a supported text encoder; allowed: "
+                     f"{MODEL_TYPES}")
+  if model_type == "clip":  # A full CLIP config keeps the text tower's fields under text_config.
+    return CLIPTextSpec.from_hf_config(config.get("text_config") or {}, dtype=dtype)
+  if model_type == "clip_text_model":
+    return CLIPTextSpec.from_hf_config(config, dtype=dtype)
+  return T5Spec.from_hf_config(config, dtype=dtype)
+
+
 def load_text_encoder(directory: str | pathlib.Path, *, dtype: str = "float32",
                       tokenizer_directory: str | pathlib.Path | None = None) -> TextEncoder:
   """Loads a Hugging Face T5 / mT5 / UMT5 encoder or CLIP text tower into our Flax modules, with its tokenizer.
@@ -365,31 +396,13 @@ def load_text_encoder(directory: str | pathlib.Path, *, dtype: str = "float32",
     A `TextEncoder`.
   """
   directory = pathlib.Path(directory)
-  if not directory.is_dir():
-    raise FileNotFoundError(f"text encoder directory {directory} does not exist; expected a Hugging Face checkpoint "
-                            f"directory with config.json and one of {list(WEIGHT_FILES)}")
-  config_path = directory / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{config_path} does not exist; a text encoder directory needs config.json "
-                            f"(model_type one of {MODEL_TYPES})")
-  if dtype not in DTYPES:
-    raise ValueError(f"dtype {dtype!r} is not supported; allowed: {DTYPES}")
-  config = json.loads(config_path.read_text())
-  model_type = config.get("model_type")
-  if model_type not in MODEL_TYPES:
-    raise ValueError(f"{config_path}: model_type {model_type!r} is not a supported text encoder; allowed: "
-                     f"{MODEL_TYPES}")
-  # The config is checked completely before any weight is read.
-  if model_type in ("clip", "clip_text_model"):
-    text_config = (config.get("text_config") or {}) if model_type == "clip" else config
-    spec = CLIPTextSpec.from_hf_config(text_config, dtype=dtype)
-    checkpoint = _Checkpoint(directory)
+  spec = read_text_spec(directory, dtype=dtype)  # The config is checked completely before any weight is read.
+  checkpoint = _Checkpoint(directory)
+  if isinstance(spec, CLIPTextSpec):
     module = _load_module(lambda: CLIPTextEncoder(spec, rngs=nnx.Rngs(0)), _clip_sources(spec), checkpoint,
                           _clip_names(checkpoint.names()), _CLIP_IGNORED, f"a CLIP text encoder {spec}")
   else:
-    spec = T5Spec.from_hf_config(config, dtype=dtype)
-    checkpoint = _Checkpoint(directory)
     module = _load_module(lambda: T5Encoder(spec, rngs=nnx.Rngs(0)), _t5_sources(spec), checkpoint,
-                          _t5_names(checkpoint.names()), _T5_IGNORED, f"a {model_type} encoder {spec}")
+                          _t5_names(checkpoint.names()), _T5_IGNORED, f"a {spec.model_type} encoder {spec}")
   tokenizer = load_hf_tokenizer(tokenizer_directory if tokenizer_directory else directory)
   return TextEncoder(module, spec, tokenizer, directory=str(directory))

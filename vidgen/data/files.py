@@ -1,0 +1,180 @@
+"""Video and image files as a data source (`config.data.name = "files"`; see vidgen.data.sources).
+
+`config.data.path` is a directory or a manifest (vidgen.data.records). Splits: "validation" is
+`config.data.eval_path` when set, else the `config.data.eval_records` records whose path hashes lowest (a stable
+choice as files are added), else the training records themselves; "train" is every other record. Clips are sampled
+by the shared `ClipSpec` (vidgen.data.sampling) and read in grain workers by `vidgen.data.loader.ClipLoader`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from vidgen.config import require
+from vidgen.data.crops import random_crop
+from vidgen.data.decode import read_clip
+from vidgen.data.loader import ClipLoader, LoadClip
+from vidgen.data.records import Catalog, Record, scan
+from vidgen.data.sampling import ClipSpec
+from vidgen.errors import ConfigError, InputError
+from vidgen.models.text import WordTokenizer
+
+SPLITS = ("train", "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadFileClip:
+  """A record -> {"video": uint8 [T, H, W, 3], "caption", "label"}: the sampled clip, then an optional lattice crop."""
+
+  spec: ClipSpec
+  crop_size: int = 0
+  crop_grid: int = 1
+
+  def __call__(self, record: Record, rng: np.random.Generator) -> dict[str, Any]:
+    video = read_clip(record.path, self.spec, rng, start=record.start, end=record.end, fps=record.fps)
+    if self.crop_size:
+      video = random_crop(video, self.crop_size, grid=self.crop_grid, rng=rng)
+    return {"video": video, "caption": record.caption, "label": record.label}
+
+
+def record_path(record: Record) -> str:
+  return record.path
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_scan(path: str, field: str) -> Catalog:
+  return scan(path, field=field)
+
+
+def _path_hash(record: Record) -> str:
+  return hashlib.sha1(record.path.encode()).hexdigest()
+
+
+class FilesSource:
+  """Clips of the files `config.data.path` lists (see the module docstring)."""
+
+  def __init__(self, data: Mapping[str, Any]):
+    self.data = data
+    require(isinstance(data.get("path"), str) and data.get("path"), "data.path",
+            "must name a directory of videos / images or a .csv / .jsonl manifest")
+    self.spec = ClipSpec.from_config(data)
+    self.spec.validate()
+    skip = data.get("max_skip_fraction", 0.1)
+    require(isinstance(skip, (int, float)) and 0 <= skip < 1, "data.max_skip_fraction",
+            f"must be in [0, 1), got {skip!r}")
+    for field in ("num_workers", "eval_records"):
+      value = data.get(field, 0)
+      require(isinstance(value, int) and value >= 0, f"data.{field}", f"must be an integer >= 0, got {value!r}")
+    self.max_skip_fraction, self.num_workers = float(skip), int(data.get("num_workers", 0))
+    self.seed = int(data.get("seed", 0))
+
+  # -- records -------------------------------------------------------------------------------------------------------
+
+  @functools.cached_property
+  def catalog(self) -> Catalog:
+    return _cached_scan(os.path.abspath(self.data.path), "data.path")
+
+  @functools.cached_property
+  def splits(self) -> dict[str, tuple[Record, ...]]:
+    records = self.catalog.records
+    if self.data.get("eval_path"):
+      return {"train": records, "validation": _cached_scan(os.path.abspath(self.data.eval_path),
+                                                           "data.eval_path").records}
+    held = self.data.get("eval_records", 0)
+    if not held:
+      return {"train": records, "validation": records}
+    if held >= len(records):
+      raise ConfigError(f"config.data.eval_records={held} leaves no training record of the {len(records)} in "
+                        f"{self.data.path}")
+    validation = set(sorted(records, key=_path_hash)[:held])
+    return {"train": tuple(r for r in records if r not in validation),
+            "validation": tuple(r for r in records if r in validation)}
+
+  def check(self) -> None:
+    """Reads the listing now (refusing a path with no usable record, before anything compiles) and reports rows
+    that were left out."""
+    from absl import logging
+    for where, why in self.catalog.problems[:20]:
+      logging.warning(f"data: left out {where}: {why}")
+    self.splits  # noqa: B018 (the split is checked here)
+
+  @property
+  def num_classes(self) -> int:
+    return self.catalog.num_classes
+
+  class_factors = ()
+
+  def _records(self, split: str) -> tuple[Record, ...]:
+    if split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return self.splits[split]
+
+  # -- clips -------------------------------------------------------------------------------------------------------
+
+  def _transform(self, crop_size: int = 0, crop_grid: int = 1, **spec_overrides: Any) -> LoadClip:
+    return LoadClip(ReadFileClip(dataclasses.replace(self.spec, **spec_overrides), crop_size, crop_grid), record_path)
+
+  def iterator(self, split: str, *, global_batch: int, shard_index: int = 0, shard_count: int = 1,
+               **overrides: Any) -> ClipLoader:
+    """Batches of this shard: `global_batch // shard_count` clips each; overrides: ClipSpec fields, crop_size,
+    crop_grid."""
+    return ClipLoader(self._records(split), self._transform(**overrides), batch_size=global_batch // shard_count,
+                      seed=self.seed, shard_index=shard_index, shard_count=shard_count, num_workers=self.num_workers,
+                      max_skip_fraction=self.max_skip_fraction)
+
+  def clips(self, split: str, count: int, **overrides: Any) -> dict[str, np.ndarray]:
+    """The first `count` usable clips of `split` in listing order, centred and unflipped (evaluation)."""
+    fixed = dict(offset="center", crop="center", flip=False)
+    loader = ClipLoader(self._records(split), self._transform(**{**fixed, **overrides}), batch_size=1, seed=self.seed,
+                        shuffle=False, repeat=False, max_skip_fraction=1.0)
+    batches = []
+    for batch in loader:
+      batches.append(batch)
+      if len(batches) == count:
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    raise ConfigError(f"config.data: the {split} split of {self.data.path} has only {len(batches)} usable clips, "
+                      f"{count} are wanted")
+
+  def fingerprint(self) -> dict:
+    """Which clips the training stream yields: the listing (paths, sizes, captions, labels), sampling and seed."""
+    h = hashlib.sha256()
+    for r in self.splits["train"]:
+      size = os.path.getsize(r.path) if os.path.exists(r.path) else -1
+      h.update(repr((r.path, size, r.caption, r.label, r.start, r.end, r.fps)).encode())
+    return {"name": "files", "path": os.path.abspath(self.data.path), "records": len(self.splits["train"]),
+            "listing_sha256": h.hexdigest(), "spec": dataclasses.asdict(self.spec), "seed": self.seed}
+
+  # -- conditioning --------------------------------------------------------------------------------------------------
+
+  def caption_tokenizer(self, max_length: int) -> WordTokenizer:
+    """Every lower-case word of the training captions (for the small from-scratch text encoder)."""
+    words = sorted({w for r in self.splits["train"] for w in r.caption.lower().split()})
+    if not words:
+      raise ConfigError(f"config.data.path: {self.data.path} has no captions; a text-conditioned run needs them "
+                        "(sidecar NAME.txt files or a manifest caption column)")
+    return WordTokenizer(words, max_length=max_length)
+
+  def class_of(self, prompt: str) -> int:
+    names = self.catalog.class_names
+    if prompt in names:
+      return names.index(prompt)
+    if prompt.strip().isdigit() and int(prompt) < self.num_classes:
+      return int(prompt)
+    raise InputError(f"prompt {prompt!r} names no class of {self.data.path}; classes: "
+                     f"{list(names) or f'0 .. {self.num_classes - 1}'}")
+
+  def validate_eval(self, config: Any) -> None:
+    del config  # files have no source-specific evaluation; generic metrics come from the trainers
+
+  def evaluate(self, pipe: Any, config: Any, workdir: str | None) -> dict[str, float]:
+    del pipe, config, workdir
+    return {}
+
+
+__all__ = ["FilesSource", "ReadFileClip", "SPLITS", "record_path"]
