@@ -17,6 +17,10 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu>=2.16",
     "tensorboard>=2.16",
     "tensorflow-datasets>=4.9",
+    # Real data: grain's sharded, checkpointable loader with worker processes; PyAV decodes only the sampled frames
+    # (seeking to the nearest key frame) instead of whole files.
+    "grain>=0.2.10",
+    "av>=12",
     "transformers>=4.46",
     "safetensors>=0.4",
     "imageio>=2.34",
@@ -32,6 +36,8 @@ TEST_REQUIRES = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    # Real photographs (skimage.data) for natural-image test clips without a download.
+    "scikit-image>=0.22",
 ]
 
 setuptools.setup(

@@ -49,10 +49,16 @@ def env(devices: int = 1) -> dict:
               **CACHE_ENV)
 
 
-def train(workdir, *overrides: str, devices: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+def command(config: str | None) -> list[str]:
+  """`vidgen train` with experiments/CONFIG (e.g. "video_vae.py:runlocal"); None: the shapes VAE smoke run."""
+  return CLI if config is None else [*CLI[:-1], f"--config={REPO}/experiments/{config}"]
+
+
+def train(workdir, *overrides: str, devices: int = 1, timeout: float = 300,
+          config: str | None = None) -> subprocess.CompletedProcess:
   """A whole `vidgen train` run; returns the finished process (stdout and stderr merged into .stdout)."""
-  return subprocess.run(CLI + [f"--workdir={workdir}", *overrides], env=env(devices), stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True, timeout=timeout)
+  return subprocess.run(command(config) + [f"--workdir={workdir}", *overrides], env=env(devices),
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
 def python(code: str, *, devices: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -65,8 +71,9 @@ def python(code: str, *, devices: int = 1, timeout: float = 300) -> subprocess.C
 class Run:
   """A `vidgen train` process we can watch line by line and signal."""
 
-  def __init__(self, workdir, *overrides: str, devices: int = 1, extra_env: dict | None = None):
-    self.proc = subprocess.Popen(CLI + [f"--workdir={workdir}", *overrides], env={**env(devices), **(extra_env or {})},
+  def __init__(self, workdir, *overrides: str, devices: int = 1, extra_env: dict | None = None,
+               config: str | None = None):
+    self.proc = subprocess.Popen(command(config) + [f"--workdir={workdir}", *overrides], env={**env(devices), **(extra_env or {})},
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     self.lines: list[str] = []
     self._queue: queue.Queue = queue.Queue()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import subprocess
 import sys
 
@@ -343,11 +344,34 @@ def _fake_encode(video):
   return mean, np.ones_like(mean)
 
 
+class _Stream:
+  """Shard `index` of `count` of the fake clip stream, batches of n, with a JSON state (as a data source gives)."""
+
+  def __init__(self, n, index=0, count=1):
+    self.n, self.index, self.count, self.next = n, index, count, 0
+
+  def __next__(self):
+    batch = _fake_clips((self.next * self.count + self.index) * self.n, self.n)
+    self.next += 1
+    return batch
+
+  def get_state(self):
+    return {"next": self.next}
+
+  def set_state(self, state):
+    self.next = state["next"]
+
+
+def _build(directory, fp, num_batches, n=2, encode_fn=_fake_encode, **kwargs):
+  LatentCache.build(directory, fingerprint=fp, batches=_Stream(n, kwargs.get("shard_index", 0),
+                                                               kwargs.get("shard_count", 1)),
+                    num_batches=num_batches, encode_fn=encode_fn, **kwargs)
+
+
 def test_latent_cache_roundtrip_refusal_and_atomicity(tmp_path):
   directory = str(tmp_path / "cache")
   fp = {"vae": {"step": 3}, "data": {"clips": 10}}
-  LatentCache.build(directory, fingerprint=fp, num_clips=10, clips_fn=_fake_clips, encode_fn=_fake_encode,
-                    batch_size=4, shard_size=4)
+  _build(directory, fp, 5, batches_per_chunk=2)
   cache = LatentCache.open(directory, fp)
   assert len(cache) == 10 and cache.latent_shape == (2, 2, 2, 1)
   np.testing.assert_array_equal(cache.arrays["label"], np.arange(10))
@@ -360,13 +384,61 @@ def test_latent_cache_roundtrip_refusal_and_atomicity(tmp_path):
 
   broken = str(tmp_path / "broken")
   with pytest.raises(RuntimeError, match="encoder crashed"):
-    LatentCache.build(broken, fingerprint=fp, num_clips=10, clips_fn=_fake_clips, encode_fn=failing_encode)
-  assert not os.path.exists(broken) and os.listdir(tmp_path) == ["cache"]  # nothing half-written left behind
+    _build(broken, fp, 5, encode_fn=failing_encode)
+  assert not os.path.exists(broken) and not LatentCache.exists(broken)  # nothing that looks finished
+
+
+def test_latent_cache_build_resumes_after_a_crash_and_shards_by_process(tmp_path):
+  fp = {"data": {"clips": 12}}
+  straight = str(tmp_path / "straight")
+  _build(straight, fp, 6, batches_per_chunk=2)
+  calls = []
+
+  def crash_in_chunk_2(video):
+    calls.append(int(video[0, 0, 0, 0, 0]))
+    if len(calls) == 5:
+      raise RuntimeError("preempted")
+    return _fake_encode(video)
+
+  resumed = str(tmp_path / "resumed")
+  with pytest.raises(RuntimeError, match="preempted"):
+    _build(resumed, fp, 6, batches_per_chunk=2, encode_fn=crash_in_chunk_2)
+  assert sorted(os.listdir(resumed + ".partial")) == ["chunk_00000_000.npz", "chunk_00001_000.npz",
+                                                      "fingerprint.json"]
+  calls.clear()
+  _build(resumed, fp, 6, batches_per_chunk=2, encode_fn=crash_in_chunk_2)
+  assert calls == [8, 10]  # only chunk 2's batches were encoded again
+  for k in ("mean", "label", "caption"):
+    np.testing.assert_array_equal(LatentCache.open(resumed, fp).arrays[k], LatentCache.open(straight, fp).arrays[k])
+
+  # A partial build for another fingerprint is not resumed: it starts over.
+  other = str(tmp_path / "other")
+  with pytest.raises(RuntimeError, match="preempted"):
+    calls.clear()
+    _build(other, {"data": {"clips": 99}}, 6, batches_per_chunk=2, encode_fn=crash_in_chunk_2)
+  counted = []
+  _build(other, fp, 6, batches_per_chunk=2, encode_fn=lambda video: counted.append(1) or _fake_encode(video))
+  assert len(counted) == 6
+
+  # Two shards (processes, here threads meeting at the same barriers) write their own chunks; the cache holds both
+  # shards' clips, chunk by chunk.
+  sharded = str(tmp_path / "sharded")
+  meet = threading.Barrier(2)
+  builds = [threading.Thread(target=_build, args=(sharded, fp, 3),
+                             kwargs=dict(shard_index=i, shard_count=2, is_main=i == 0, batches_per_chunk=2,
+                                         barrier=lambda name: meet.wait(timeout=60))) for i in range(2)]
+  for t in builds:
+    t.start()
+  for t in builds:
+    t.join()
+  cache = LatentCache.open(sharded, fp)
+  assert cache.meta["shards"][:2] == ["chunk_00000_000.npz", "chunk_00000_001.npz"]
+  assert sorted(cache.arrays["label"]) == list(range(12))
 
 
 def test_latent_iterator_is_a_pure_function_of_its_state(tmp_path):
   directory = str(tmp_path / "cache")
-  LatentCache.build(directory, fingerprint={}, num_clips=12, clips_fn=_fake_clips, encode_fn=_fake_encode)
+  _build(directory, {}, 3, n=4)
   cache = LatentCache.open(directory, {})
   it = LatentIterator(cache, global_batch=4, seed=0, image_every=3)
   batches = [next(it) for _ in range(7)]

@@ -406,10 +406,14 @@ def test_dit_imagenet_config():
     exp.get_config("variant=XXL/2")
   with pytest.raises(ConfigError, match="not known"):
     exp.get_config("varaint=XL/2")
-  # The run needs data vidgen cannot read yet: validation refuses it by name before anything is built.
+  # Data that is not there is refused before anything is built: ImageNet not prepared in TFDS, no folder given.
   from vidgen.train.stages import validate
 
-  with pytest.raises(ConfigError, match=r"config\.data\.name: unknown data source 'tfds'"):
+  full = exp.get_config("variant=B/4")
+  full.data.data_dir = "/nonexistent/tensorflow_datasets"
+  with pytest.raises(ConfigError, match=r"imagenet2012.*not prepared"):
+    validate(full)
+  with pytest.raises(ConfigError, match=r"config\.data\.path"):
     validate(small)
 
 

@@ -102,13 +102,28 @@ def _read_video_frames(path, spec, rng, start, end, fps) -> tuple[np.ndarray, fl
 
 
 def _duration(container, stream) -> float:
-  if stream.duration is not None and stream.time_base:
+  """The video stream's duration in seconds. The container's is the longest stream's, audio included, so it is the
+  last resort: Matroska / WebM state a stream's duration only in its DURATION tag."""
+  if stream.duration and stream.time_base:
     return float(stream.duration * stream.time_base)
+  tag = _tag_seconds(stream.metadata.get("DURATION"))
+  if tag:
+    return tag
+  if stream.frames and stream.average_rate:
+    return stream.frames / float(stream.average_rate)
   if container.duration is not None:
     return container.duration / 1e6  # av.time_base: microseconds
-  if stream.frames:
-    return stream.frames / float(stream.average_rate or 1)
   return 0.0
+
+
+def _tag_seconds(text: str | None) -> float | None:
+  """"HH:MM:SS.fraction" (a Matroska DURATION tag) -> seconds; None when absent or malformed."""
+  try:
+    hours, minutes, seconds = (float(part) for part in str(text).split(":"))
+  except ValueError:
+    return None
+  total = hours * 3600 + minutes * 60 + seconds
+  return total if math.isfinite(total) and total > 0 else None
 
 
 def _decode_indices(container, stream, segment_start: float, rate: float,

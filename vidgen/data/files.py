@@ -19,10 +19,11 @@ import numpy as np
 from vidgen.config import require
 from vidgen.data.crops import random_crop
 from vidgen.data.decode import read_clip
+from vidgen.data.common import FIXED_CLIPS, LoaderSettings, class_index, clip_overrides
 from vidgen.data.loader import ClipLoader, LoadClip
 from vidgen.data.records import Catalog, Record, scan
 from vidgen.data.sampling import ClipSpec
-from vidgen.errors import ConfigError, InputError
+from vidgen.errors import ConfigError
 from vidgen.models.text import WordTokenizer
 
 SPLITS = ("train", "validation")
@@ -48,8 +49,18 @@ def record_path(record: Record) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_scan(path: str, field: str) -> Catalog:
+def _scan_once(path: str, mtime_ns: int, field: str) -> Catalog:
+  del mtime_ns  # part of the key: a listing that changed on disk is read again
   return scan(path, field=field)
+
+
+def _cached_scan(path: str, field: str) -> Catalog:
+  """One scan per listing and version (a run asks for its source several times; big folders take a while)."""
+  try:
+    mtime = os.stat(path).st_mtime_ns
+  except OSError:
+    mtime = -1
+  return _scan_once(path, mtime, field)
 
 
 def _path_hash(record: Record) -> str:
@@ -65,14 +76,9 @@ class FilesSource:
             "must name a directory of videos / images or a .csv / .jsonl manifest")
     self.spec = ClipSpec.from_config(data)
     self.spec.validate()
-    skip = data.get("max_skip_fraction", 0.1)
-    require(isinstance(skip, (int, float)) and 0 <= skip < 1, "data.max_skip_fraction",
-            f"must be in [0, 1), got {skip!r}")
-    for field in ("num_workers", "eval_records"):
-      value = data.get(field, 0)
-      require(isinstance(value, int) and value >= 0, f"data.{field}", f"must be an integer >= 0, got {value!r}")
-    self.max_skip_fraction, self.num_workers = float(skip), int(data.get("num_workers", 0))
-    self.seed = int(data.get("seed", 0))
+    self.loader = LoaderSettings.from_config(data)
+    held = data.get("eval_records", 0)
+    require(isinstance(held, int) and held >= 0, "data.eval_records", f"must be an integer >= 0, got {held!r}")
 
   # -- records -------------------------------------------------------------------------------------------------------
 
@@ -117,29 +123,21 @@ class FilesSource:
 
   # -- clips -------------------------------------------------------------------------------------------------------
 
-  def _transform(self, crop_size: int = 0, crop_grid: int = 1, **spec_overrides: Any) -> LoadClip:
-    return LoadClip(ReadFileClip(dataclasses.replace(self.spec, **spec_overrides), crop_size, crop_grid), record_path)
+  def _transform(self, **overrides: Any) -> LoadClip:
+    spec, crop_size, crop_grid = clip_overrides(self.spec, **overrides)
+    return LoadClip(ReadFileClip(spec, crop_size, crop_grid), record_path)
 
   def iterator(self, split: str, *, global_batch: int, shard_index: int = 0, shard_count: int = 1,
                **overrides: Any) -> ClipLoader:
     """Batches of this shard: `global_batch // shard_count` clips each; overrides: ClipSpec fields, crop_size,
     crop_grid."""
-    return ClipLoader(self._records(split), self._transform(**overrides), batch_size=global_batch // shard_count,
-                      seed=self.seed, shard_index=shard_index, shard_count=shard_count, num_workers=self.num_workers,
-                      max_skip_fraction=self.max_skip_fraction)
+    return self.loader.stream(self._records(split), self._transform(**overrides), global_batch=global_batch,
+                              shard_index=shard_index, shard_count=shard_count)
 
   def clips(self, split: str, count: int, **overrides: Any) -> dict[str, np.ndarray]:
     """The first `count` usable clips of `split` in listing order, centred and unflipped (evaluation)."""
-    fixed = dict(offset="center", crop="center", flip=False)
-    loader = ClipLoader(self._records(split), self._transform(**{**fixed, **overrides}), batch_size=1, seed=self.seed,
-                        shuffle=False, repeat=False, max_skip_fraction=1.0)
-    batches = []
-    for batch in loader:
-      batches.append(batch)
-      if len(batches) == count:
-        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    raise ConfigError(f"config.data: the {split} split of {self.data.path} has only {len(batches)} usable clips, "
-                      f"{count} are wanted")
+    return self.loader.first_clips(self._records(split), self._transform(**{**FIXED_CLIPS, **overrides}), count,
+                                   f"the {split} split of {self.data.path}")
 
   def fingerprint(self) -> dict:
     """Which clips the training stream yields: the listing (paths, sizes, captions, labels), sampling and seed."""
@@ -148,7 +146,7 @@ class FilesSource:
       size = os.path.getsize(r.path) if os.path.exists(r.path) else -1
       h.update(repr((r.path, size, r.caption, r.label, r.start, r.end, r.fps)).encode())
     return {"name": "files", "path": os.path.abspath(self.data.path), "records": len(self.splits["train"]),
-            "listing_sha256": h.hexdigest(), "spec": dataclasses.asdict(self.spec), "seed": self.seed}
+            "listing_sha256": h.hexdigest(), "spec": dataclasses.asdict(self.spec), "seed": self.loader.seed}
 
   # -- conditioning --------------------------------------------------------------------------------------------------
 
@@ -161,13 +159,7 @@ class FilesSource:
     return WordTokenizer(words, max_length=max_length)
 
   def class_of(self, prompt: str) -> int:
-    names = self.catalog.class_names
-    if prompt in names:
-      return names.index(prompt)
-    if prompt.strip().isdigit() and int(prompt) < self.num_classes:
-      return int(prompt)
-    raise InputError(f"prompt {prompt!r} names no class of {self.data.path}; classes: "
-                     f"{list(names) or f'0 .. {self.num_classes - 1}'}")
+    return class_index(prompt, self.catalog.class_names, self.num_classes, self.data.path)
 
   def validate_eval(self, config: Any) -> None:
     del config  # files have no source-specific evaluation; generic metrics come from the trainers

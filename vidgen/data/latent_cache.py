@@ -125,6 +125,7 @@ class LatentCache:
       with open(stamp, "w") as f:
         f.write(wanted)
     barrier("latent cache: partial directory ready")
+    os.makedirs(partial, exist_ok=True)
     num_chunks = -(-num_batches // batches_per_chunk)
     chunk_name = lambda c, p: f"chunk_{c:05d}_{p:03d}.npz"
     done = 0

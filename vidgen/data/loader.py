@@ -15,6 +15,9 @@ than `max_skip_fraction` of the records read were skipped, the run stops with `D
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
+import time
 from typing import Any, Callable, Sequence
 
 import grain
@@ -47,6 +50,21 @@ class LoadClip:
       return self.load(record, rng)
     except BadRecord as e:
       return {"skip": str(e), "where": self.name(record)}
+
+
+def die_with_parent(worker_index: int, worker_count: int) -> None:
+  """grain worker start-up: the worker exits once the training process is gone, even after a SIGKILL (orphaned
+  decoders would otherwise live on, holding memory and the parent's output pipes). Polls the parent's pid: the
+  kernel's parent-death signal would fire when the spawning *thread* ends, which grain's do."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True, name="vidgen-parent-watch").start()
 
 
 def _grain_flags_ready() -> None:
@@ -84,9 +102,10 @@ class ClipLoader:
       dataset = dataset.repeat()
     dataset = dataset.random_map(transform).to_iter_dataset()
     if num_workers > 0:
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2),
+                                    worker_init_fn=die_with_parent)
     self._iterator = iter(dataset)
-    self.batch_size, self.max_skip_fraction = batch_size, max_skip_fraction
+    self.batch_size, self.max_skip_fraction, self.num_workers = batch_size, max_skip_fraction, num_workers
     self.read = self.skipped = 0
     self.examples: list[str] = []
     self._warned: set[str] = set()
@@ -126,9 +145,14 @@ class ClipLoader:
     return {"data_read": self.read, "data_skipped": self.skipped}
 
   def get_state(self) -> dict[str, Any]:
-    return {"grain": self._iterator.get_state(), "read": self.read, "skipped": self.skipped}
+    return {"grain": self._iterator.get_state(), "read": self.read, "skipped": self.skipped,
+            "num_workers": self.num_workers}
 
   def set_state(self, state: dict[str, Any]) -> None:
+    saved = state.get("num_workers", self.num_workers)
+    if saved != self.num_workers:  # grain's state of a multiprocess iterator has one entry per worker
+      raise DataError(f"the data stream was saved with config.data.num_workers={saved}, this run has "
+                      f"{self.num_workers}; its position can only be restored with num_workers={saved}")
     self._iterator.set_state(state["grain"])
     self.read, self.skipped = int(state["read"]), int(state["skipped"])
 

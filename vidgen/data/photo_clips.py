@@ -78,28 +78,30 @@ def windows(photo_hw: tuple[int, int], motion: str, num_frames: int, aspect: flo
             rng: np.random.Generator) -> np.ndarray:
   """Float [num_frames, 4] windows (centre x, centre y, width, height) in photograph pixels, inside the photograph.
 
-  `aspect` is the output's width / height. A pan travels 10-25% of the photograph at constant speed with a window of
-  45-70% of the largest that fits; a zoom changes the window's size by 1.25-1.5x geometrically around a fixed centre.
+  `aspect` is the output's width / height. Speeds are per frame, so a longer clip travels further, not faster: a pan
+  moves 1-3% of the window's width a frame (slower where the photograph ends first) with a window of 45-70% of the
+  largest that fits; a zoom scales the window by 1-2.5% a frame (at most 2.5x in all) around a fixed centre.
   """
   h, w = photo_hw
   full_w = min(w, h * aspect)  # the largest window of this aspect inside the photograph
-  t = np.linspace(0.0, 1.0, num_frames)
+  t = np.arange(num_frames, dtype=np.float64)
   kind, direction = motion.split()
   if kind == "pan":
     size = np.full(num_frames, rng.uniform(0.45, 0.7) * full_w)
     horizontal = direction in ("left", "right")
-    extent, room = (w, w - size[0]) if horizontal else (h, h - size[0] / aspect)
-    travel = min(rng.uniform(0.1, 0.25) * extent, room)
-    start = rng.uniform(0.0, room - travel) + travel / 2  # path midpoint, as an offset of the window's near edge
-    sign = 1.0 if direction in ("right", "down") else -1.0
-    along = start + sign * travel * (t - 0.5)
+    room = (w - size[0]) if horizontal else (h - size[0] / aspect)  # travel of the window's near edge
+    speed = min(rng.uniform(0.01, 0.03) * size[0], room / max(num_frames - 1, 1))
+    travel = speed * (num_frames - 1)
+    first = rng.uniform(0.0, max(room - travel, 0.0))
+    along = first + speed * t if direction in ("right", "down") else first + travel - speed * t
     across_room = (h - size[0] / aspect) if horizontal else (w - size[0])
-    across = rng.uniform(0.0, across_room) + np.zeros(num_frames)
+    across = np.full(num_frames, rng.uniform(0.0, across_room))
     left, top = (along, across) if horizontal else (across, along)
   else:
-    ratio = rng.uniform(1.25, 1.5)
+    rate = min(rng.uniform(1.01, 1.025), 2.5 ** (1 / max(num_frames - 1, 1)))
     large = rng.uniform(0.75, 1.0) * full_w
-    size = large * ratio ** (-t if direction == "in" else t - 1.0)  # in: large -> small; out: small -> large
+    steps = t if direction == "in" else (num_frames - 1) - t  # in: large -> small; out: small -> large
+    size = large * rate ** -steps
     cx, cy = rng.uniform(large / 2, w - large / 2), rng.uniform(large / aspect / 2, h - large / aspect / 2)
     left, top = cx - size / 2, cy - size / aspect / 2
   return np.stack([left + size / 2, top + size / aspect / 2, size, size / aspect], axis=-1)
@@ -135,7 +137,8 @@ def write_photo_clips(directory: str, *, photos: Sequence[str] = TRAIN_PHOTOS, c
                       num_frames: int = 16, height: int = 64, width: int = 64, fps: int = 8,
                       seed: int = 0) -> list[str]:
   """Writes `clips_per_photo` clips of each photograph to DIRECTORY/NAME_KK.mp4 with a caption in NAME_KK.txt; returns
-  the mp4 paths. A photograph's clips depend only on (seed, name, k), not on which other photographs are written."""
+  the mp4 paths. A photograph's clips depend only on (seed, name, k), not on which other photographs are written.
+  Odd sides are padded by one pixel (vidgen.media.write_video: H.264 needs even sides)."""
   from vidgen.media import write_video
 
   unknown = [p for p in photos if p not in PHOTOS]

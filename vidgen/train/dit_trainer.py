@@ -227,7 +227,8 @@ class DiTTrainer:
         denoise = diffusion.self_conditioned(lambda z_t, t, x_prev: dit(z_t, t, cond.replace(self_cond=x_prev)),
                                              self.schedule, micro["self_cond"])
       per_example = diffusion.v_loss(denoise, micro["x"], k_eps, self.schedule,
-                                     weighting=cfg.diffusion.weighting, gamma=cfg.diffusion.min_snr_gamma,
+                                     weighting=cfg.diffusion.get("weighting", "v_mse"),
+                                     gamma=cfg.diffusion.get("min_snr_gamma", 5.0),
                                      t=micro["t"], eps=micro["eps"])
       return jnp.mean(per_example)
 

@@ -108,6 +108,9 @@ class VAETrainer:
     self.optimizer = make_optimizer(config.optimizer, config.total_steps)
     self.disc_optimizer = make_optimizer(config.discriminator.optimizer, config.total_steps)
     self.head_graph = nnx.graphdef(abstract_vae.decoder.head)
+    # Read now: a validation split without enough usable clips fails before anything compiles, not at the first eval.
+    self.eval_clips = self.source.clips("validation", config.data.eval_clips,
+                                        num_frames=config.data.eval_frames)["video"]
 
   # -- state -------------------------------------------------------------------------------------------------------
 
@@ -233,10 +236,6 @@ class VAETrainer:
 
   # -- evaluation ----------------------------------------------------------------------------------------------------
 
-  def eval_videos(self) -> np.ndarray:
-    d = self.config.data
-    return self.source.clips("validation", d.eval_clips, num_frames=d.eval_frames)["video"]
-
   def reconstruct(self, state: VAEState, video_uint8: np.ndarray) -> np.ndarray:
     """uint8 [B, T, H, W, 3] -> reconstructions as float in [-1, 1] (posterior mode), on the run's mesh."""
     if not hasattr(self, "_reconstruct"):
@@ -250,7 +249,7 @@ class VAETrainer:
 
   def evaluate(self, state: VAEState, step: int) -> dict[str, float]:
     """PSNR/SSIM on held-back validation clips; writes input | reconstruction videos to workdir/samples/."""
-    videos = self.eval_videos()
+    videos = self.eval_clips
     recon = self.reconstruct(state, videos)
     x = to_model_range(videos)
     out = {"eval_psnr": float(np.mean(metrics.psnr(recon, x))), "eval_ssim": float(np.mean(metrics.ssim(recon, x)))}
