@@ -15,6 +15,7 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+from absl import logging
 
 from vidgen.config import require
 from vidgen.data.crops import random_crop
@@ -63,12 +64,15 @@ def _cached_scan(path: str, field: str) -> Catalog:
   return _scan_once(path, mtime, field)
 
 
-def _path_hash(record: Record) -> str:
-  return hashlib.sha1(record.path.encode()).hexdigest()
+def _path_hash(record: Record, root: str) -> str:
+  """Hash of the path within the listing: the held-out choice survives moving the data elsewhere."""
+  return hashlib.sha1(os.path.relpath(record.path, root).encode()).hexdigest()
 
 
 class FilesSource:
   """Clips of the files `config.data.path` lists (see the module docstring)."""
+
+  class_factors = ()
 
   def __init__(self, data: Mapping[str, Any]):
     self.data = data
@@ -98,14 +102,15 @@ class FilesSource:
     if held >= len(records):
       raise ConfigError(f"config.data.eval_records={held} leaves no training record of the {len(records)} in "
                         f"{self.data.path}")
-    validation = set(sorted(records, key=_path_hash)[:held])
+    path = os.path.abspath(self.data.path)
+    root = path if os.path.isdir(path) else os.path.dirname(path)
+    validation = set(sorted(records, key=lambda r: _path_hash(r, root))[:held])
     return {"train": tuple(r for r in records if r not in validation),
             "validation": tuple(r for r in records if r in validation)}
 
   def check(self) -> None:
     """Reads the listing now (refusing a path with no usable record, before anything compiles) and reports rows
     that were left out."""
-    from absl import logging
     for where, why in self.catalog.problems[:20]:
       logging.warning(f"data: left out {where}: {why}")
     self.splits  # noqa: B018 (the split is checked here)
@@ -113,8 +118,6 @@ class FilesSource:
   @property
   def num_classes(self) -> int:
     return self.catalog.num_classes
-
-  class_factors = ()
 
   def _records(self, split: str) -> tuple[Record, ...]:
     if split not in SPLITS:
