@@ -6,8 +6,9 @@
 
 Captions come from sidecar NAME.txt files or a manifest's `caption` column; `T5_DIR` is a local Hugging Face
 checkpoint directory (`save_pretrained` output with its tokenizer): T5-v1.1-XXL by default (`dit.text_dim` = 4096);
-for another encoder set `--config.dit.text_dim` to its width (the run refuses a mismatch and says the width). Caption embeddings are computed once, stored with the latents, and the encoder is never
-trained. Without `vae_workdir` the run first trains experiments/video_vae.py's VAE into WORKDIR/vae.
+for another encoder set `--config.dit.text_dim` to its width (the run refuses a mismatch and says the width).
+Caption embeddings are computed once, stored with the latents, and the encoder is never trained. Without
+`vae_workdir` the run first trains experiments/video_vae.py's VAE into WORKDIR/vae.
 The DiT: W.A.L.T-style windowed attention (spatial windows alternating with spatiotemporal ones) over 5 x 32 x 32
 latents in 2x2 patches (1280 tokens), DiT-B width and depth, adaLN-Zero, cross-attention to the caption tokens.
 """

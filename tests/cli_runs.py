@@ -73,7 +73,8 @@ class Run:
 
   def __init__(self, workdir, *overrides: str, devices: int = 1, extra_env: dict | None = None,
                config: str | None = None):
-    self.proc = subprocess.Popen(command(config) + [f"--workdir={workdir}", *overrides], env={**env(devices), **(extra_env or {})},
+    self.proc = subprocess.Popen(command(config) + [f"--workdir={workdir}", *overrides],
+                                 env={**env(devices), **(extra_env or {})},
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     self.lines: list[str] = []
     self._queue: queue.Queue = queue.Queue()

@@ -11,6 +11,7 @@ import os
 import re
 
 import media_files as mf
+import numpy as np
 import pytest
 
 from vidgen.benchmarks import data as data_bench
@@ -66,6 +67,16 @@ def test_loader_only_with_overrides(video_dir, capsys):
   (row,) = result["loader"]
   assert row["read"] == 6 and "verdict" not in row
   assert "not measured (--no-step)" in capsys.readouterr().out
+
+
+def test_estimate_from_flops_scales_with_the_assumed_rate(video_dir, capsys):
+  """--assume-tflops: the step from XLA's FLOP count (nothing allocated); twice the rate needs twice the clips/s."""
+  args = ["--path", video_dir, "--config-arg", "runlocal", "--batches", "1", "--workers", "0", "--no-step"]
+  slow = data_bench.main([*args, "--assume-tflops", "1e-3"])["estimate"]
+  fast = data_bench.main([*args, "--assume-tflops", "2e-3"])["estimate"]
+  assert slow["flops_per_step"] == fast["flops_per_step"] > 0
+  np.testing.assert_allclose(fast["clips_per_s"], 2 * slow["clips_per_s"])
+  assert "device step estimated from XLA's FLOP count" in capsys.readouterr().out
 
 
 def test_step_out_of_memory_keeps_the_loader_numbers(video_dir, monkeypatch, capsys):

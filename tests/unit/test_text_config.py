@@ -150,7 +150,7 @@ def test_pipeline_conditions_on_the_frozen_encoder(tiny_t5):
   assert pipe.text_encoder is encoder and pipe.tokenizer is None
   prompts = ["a red circle moving left", "a blue square moving up"]
   inputs = pipe._condition_inputs(prompts)
-  hidden, mask = text.encode_captions(encoder, prompts, 8)  # what the latent cache holds (as float16) for these captions
+  hidden, mask = text.encode_captions(encoder, prompts, 8)  # the latent cache holds these (as float16)
   np.testing.assert_array_equal(inputs["mask"], mask)
   np.testing.assert_allclose(inputs["text"], hidden.astype(np.float16).astype(np.float32), rtol=2e-3, atol=1e-4)
 

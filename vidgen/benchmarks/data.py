@@ -15,6 +15,8 @@ DIR is what `config.data.path` takes: a folder of videos / images or a .csv / .j
     phase off) on a synthetic uint8 batch of the clip shape, over the mesh of `config.mesh` on the default devices;
     the median of `--step-batches` steps after compilation and one warm-up step, each waited for.
   * A verdict per worker count: loader clips/s over the step's clips/s (batch_size / step time).
+  * With `--assume-tflops R`, also the step estimated from XLA's FLOP count of the lowered step at R TFLOP/s, and
+    verdicts against it: for a machine without the accelerator the run is meant for.
 
 Only clip batches are compared: the trainer's image batches (every `data.image_every`-th batch, single frames) are
 lighter for both sides and left out. On a CPU backend the decoders and the step share the cores during training, so
@@ -159,15 +161,13 @@ def measure_loader(config: ml_collections.ConfigDict, workers: int, batches: int
                    read=int(stats["data_read"]), skipped=int(stats["data_skipped"]))
 
 
-def measure_step(config: ml_collections.ConfigDict, steps: int) -> StepRow:
-  """Median wall time of the experiment's VAE train step (GAN off) on a synthetic batch, after compile + 1 warm-up."""
-  if steps < 1:
-    raise ValueError(f"steps must be >= 1, got {steps}")
+def _step_program(config: ml_collections.ConfigDict):
+  """The experiment's jitted VAE train step and its inputs' builders: (step_fn, trainer, shardings, batch_sharding,
+  counters, mesh, abstract batch)."""
   import jax
 
   # Imported here: vidgen.train pulls in TensorFlow (via clu), which a loader-only run does not need.
   from vidgen.parallel import batch_sharding, make_mesh, replicated
-  from vidgen.parallel.distributed import batch_shard
   from vidgen.parallel.mesh import MESH_AXES
   from vidgen.train import loop, vae_trainer
 
@@ -181,18 +181,44 @@ def measure_step(config: ml_collections.ConfigDict, steps: int) -> StepRow:
   with tempfile.TemporaryDirectory() as workdir:  # the trainer writes only at evaluation, which is not run
     trainer = vae_trainer.VAETrainer(config, mesh, workdir)
   shardings = trainer.state_shardings()
-  state = jax.jit(trainer.init_state, out_shardings=shardings)(jax.random.key(config.seed))
+  sharding = batch_sharding(mesh, 5)
+  rep = replicated(mesh)
+  step_fn = jax.jit(loop.loop_step(trainer.train_step, config.get("skip_nonfinite_updates", False)),
+                    in_shardings=(shardings, {"video": sharding}, rep), out_shardings=(shardings, None, rep),
+                    static_argnums=(3,), donate_argnums=(0,))
+  return step_fn, trainer, shardings, sharding, rep, mesh
 
+
+def step_flops(config: ml_collections.ConfigDict) -> float | None:
+  """FLOPs of one VAE train step (GAN off) by XLA's cost analysis of the lowered program: nothing is allocated, so
+  it works for steps that do not fit this machine's memory."""
+  import jax
+
+  from vidgen.train import loop
+
+  step_fn, trainer, shardings, sharding, rep, _ = _step_program(config)
+  abstract = jax.eval_shape(trainer.init_state, jax.random.key(0))
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  batch = {"video": jax.ShapeDtypeStruct((config.batch_size, *clip_shape(config), 3), np.uint8, sharding=sharding)}
+  counters = {"skipped_updates": jax.ShapeDtypeStruct((), np.int32, sharding=rep)}
+  return loop.flops_per_step(trainer, False, step_fn.lower(state, batch, counters, False))
+
+
+def measure_step(config: ml_collections.ConfigDict, steps: int) -> StepRow:
+  """Median wall time of the experiment's VAE train step (GAN off) on a synthetic batch, after compile + 1 warm-up."""
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}")
+  import jax
+
+  from vidgen.parallel.distributed import batch_shard
+
+  step_fn, trainer, shardings, sharding, rep, mesh = _step_program(config)
+  state = jax.jit(trainer.init_state, out_shardings=shardings)(jax.random.key(config.seed))
   shard_index, shard_count = batch_shard(mesh, config.batch_size)
   rows = config.batch_size // shard_count
   local = np.random.default_rng(shard_index).integers(0, 256, (rows, *clip_shape(config), 3), dtype=np.uint8)
-  sharding = batch_sharding(mesh, local.ndim)
   batch = {"video": jax.make_array_from_process_local_data(sharding, local, (config.batch_size, *local.shape[1:]))}
-  rep = replicated(mesh)
   counters = {"skipped_updates": jax.make_array_from_process_local_data(rep, np.int32(0), ())}
-  step_fn = jax.jit(loop._loop_step(trainer.train_step, config.get("skip_nonfinite_updates", False)),
-                    in_shardings=(shardings, {"video": sharding}, rep), out_shardings=(shardings, None, rep),
-                    static_argnums=(3,), donate_argnums=(0,))
   jax.block_until_ready(state)
   start = time.perf_counter()
   executable = step_fn.lower(state, batch, counters, False).compile()
@@ -240,7 +266,7 @@ def cpu_cores() -> tuple[int, int]:
 
 def run(config: ml_collections.ConfigDict, workers: Sequence[int] = (0, 1, 2), batches: int = 10,
         step_batches: int = 5, measure_device_step: bool = True, label: str = "",
-        show: Callable[[str], None] | None = None) -> dict[str, Any]:
+        show: Callable[[str], None] | None = None, assume_tflops: float | None = None) -> dict[str, Any]:
   """Measures the loader for each worker count, then the step; returns the results as a JSON-serializable dict.
 
   The loader runs first, so that compilation threads do not compete with decoding. `show`, when given, receives each
@@ -255,6 +281,14 @@ def run(config: ml_collections.ConfigDict, workers: Sequence[int] = (0, 1, 2), b
   result["loader"] = [dataclasses.asdict(measure_loader(config, w, batches)) for w in workers]
   if show:
     show(format_loader(result))
+  if assume_tflops:
+    flops = step_flops(config)
+    if flops:
+      needed = config.batch_size / (flops / (assume_tflops * 1e12))
+      result["estimate"] = {"flops_per_step": flops, "assumed_tflops": assume_tflops, "clips_per_s": needed,
+                            "verdicts": [verdict(r["clips_per_s"], needed) for r in result["loader"]]}
+      if show:
+        show(format_estimate(result))
   if measure_device_step:
     try:
       step = measure_step(config, step_batches)
@@ -312,9 +346,22 @@ def format_step(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def format_estimate(result: dict[str, Any]) -> str:
+  """The step estimated from its FLOPs at an assumed sustained rate, and the verdicts against it."""
+  e = result["estimate"]
+  lines = ["", f"device step estimated from XLA's FLOP count: {e['flops_per_step'] / 1e12:.2f} TFLOP/step at an "
+               f"assumed {e['assumed_tflops']:g} TFLOP/s = {1e3 * result['batch'] / e['clips_per_s']:.1f} ms/step = "
+               f"{_number(e['clips_per_s'])} clips/s needed", "verdict against the estimate:"]
+  for r, v in zip(result["loader"], e["verdicts"]):
+    label = f"{r['workers']} worker{'s' if r['workers'] != 1 else ''}:"
+    lines.append(f"  {label:<11} {v}")
+  return "\n".join(lines)
+
+
 def format_report(result: dict[str, Any]) -> str:
   """The whole aligned plain-text report of `run`'s result."""
-  return format_loader(result) + "\n" + format_step(result)
+  return format_loader(result) + ("\n" + format_estimate(result) if "estimate" in result else "") + "\n" + \
+      format_step(result)
 
 
 def parse_workers(text: str) -> list[int]:
@@ -339,7 +386,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--workers", type=parse_workers, default=[0, 1, 2], help="worker counts, e.g. 0,1,2")
   parser.add_argument("--batches", type=int, default=10, help="timed batches per worker count (after 1 warm-up)")
   parser.add_argument("--step-batches", type=int, default=5, help="timed steps (after compile and 1 warm-up)")
-  parser.add_argument("--no-step", action="store_true", help="measure the loader only")
+  parser.add_argument("--no-step", action="store_true", help="do not run the step on this machine's devices")
+  parser.add_argument("--assume-tflops", type=float, default=None,
+                      help="also estimate the step from its FLOPs at this sustained rate (e.g. an accelerator's "
+                           "dense bf16 peak x the utilization you expect), for machines without that accelerator")
   parser.add_argument("--json", default=None, help="also write the JSON line to this file")
   args = parser.parse_args(argv)
   if args.batches < 1 or args.step_batches < 1:
@@ -353,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   name = os.path.relpath(args.config) if os.path.abspath(args.config).startswith(os.getcwd()) else args.config
   label = " ".join([name + (f":{args.config_arg}" if args.config_arg else ""), *(f"--set {s}" for s in args.set)])
   result = run(config, args.workers, args.batches, args.step_batches, measure_device_step=not args.no_step,
-               label=label, show=lambda text: print(text, flush=True))
+               label=label, show=lambda text: print(text, flush=True), assume_tflops=args.assume_tflops)
   line = json.dumps(result)
   print(line)
   if args.json:

@@ -4,8 +4,9 @@
 
 Prints PSNR / SSIM on the validation split (for the embedded shapes: unseen clips of seen combinations, and clips of
 held-out combinations, with how often the prompt-following analyzer reads each shape (and all three attributes) right
-on the reconstructions, the ceiling for any generator that decodes through this VAE); encode and decode throughput (frames/s, after compilation) at the
-evaluation length; the training curve from metrics.jsonl (loss, train-batch PSNR, eval PSNR) and the training steps/s.
+on the reconstructions, the ceiling for any generator that decodes through this VAE); encode and decode throughput
+(frames/s, after compilation) at the evaluation length; the training curve from metrics.jsonl (loss, train-batch
+PSNR, eval PSNR) and the training steps/s.
 """
 
 from __future__ import annotations

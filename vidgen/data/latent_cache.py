@@ -94,14 +94,16 @@ class LatentCache:
   def build(cls, directory: str, *, fingerprint: dict, batches: Iterator[dict], num_batches: int,
             encode_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
             text_fn: Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None = None, batches_per_chunk: int = 32,
-            shard_index: int = 0, shard_count: int = 1, is_main: bool = True, barrier: Callable[[str], None] = lambda name: None,
+            shard_index: int = 0, shard_count: int = 1, is_main: bool = True,
+            barrier: Callable[[str], None] = lambda name: None,
             log: Callable[[str], None] = lambda message: None) -> None:
     """Encodes `num_batches` batches of every process's clip stream into `directory`; resumable, sharded.
 
     Each process encodes its shard's batches (`encode_fn` may be a collective over all processes, so every process
-    calls it equally often) and writes its shard's chunk files (processes feeding the same shard write the same bytes) into `directory + ".partial"`, each with the stream's state
-    after it. A build that stops (crash, preemption) resumes after the last chunk every process finished; the
-    partial directory becomes `directory` (with meta.json) only when complete, so a half cache never looks finished.
+    calls it equally often) and writes its shard's chunk files (processes feeding the same shard write the same
+    bytes) into `directory + ".partial"`, each with the stream's state after it. A build that stops (crash,
+    preemption) resumes after the last chunk every process finished; the partial directory becomes `directory` (with
+    meta.json) only when complete, so a half cache never looks finished.
 
     Args:
       batches: this process's clips, {"video": uint8 [n, T, H, W, 3], "label", "caption"}, with get_state /

@@ -51,7 +51,8 @@ def scan(path: str, *, field: str = "data.path") -> Catalog:
   elif os.path.isfile(path) and os.path.splitext(path)[1].lower() in MANIFEST_EXTENSIONS:
     catalog = _read_manifest(path)
   elif os.path.exists(path):
-    raise ConfigError(f"config.{field}: {path} is neither a directory nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
+    raise ConfigError(f"config.{field}: {path} is neither a directory nor a manifest "
+                      f"({', '.join(MANIFEST_EXTENSIONS)})")
   else:
     raise ConfigError(f"config.{field}: {path} does not exist")
   if not catalog.records:

@@ -91,7 +91,7 @@ def _keep_if(ok: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
   return jnp.where(ok, new, old)
 
 
-def _loop_step(train_step, skip_nonfinite: bool):
+def loop_step(train_step, skip_nonfinite: bool):
   """The trainer's step with the loop's counters; with `skip_nonfinite`, non-finite updates leave the state as it was.
 
   Generic on purpose: every trainer gets the guard without knowing of it. A step counts as bad if its loss, its
@@ -113,7 +113,7 @@ def _loop_step(train_step, skip_nonfinite: bool):
   return step
 
 
-def _flops_per_step(trainer: Trainer, phase, lowered) -> float | None:
+def flops_per_step(trainer: Trainer, phase, lowered) -> float | None:
   """The trainer's count if it has one, else XLA's estimate for the whole (unpartitioned) step program."""
   count = trainer.model_flops_per_step(phase)
   if count is not None:
@@ -171,7 +171,7 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
   batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in example.items()}
   rep = replicated(mesh)
   skip_nonfinite = config.get("skip_nonfinite_updates", False)
-  train_step = jax.jit(_loop_step(trainer.train_step, skip_nonfinite),
+  train_step = jax.jit(loop_step(trainer.train_step, skip_nonfinite),
                        in_shardings=(shardings, batch_shardings, rep), out_shardings=(shardings, None, rep),
                        static_argnums=(3,), donate_argnums=(0,))
   counters = {"skipped_updates": jax.make_array_from_process_local_data(rep, np.int32(skipped_updates), ())}
@@ -191,7 +191,7 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
       if variant not in executables:
         jax.block_until_ready(state)
         lowered = train_step.lower(state, batch, counters, phase)
-        executables[variant] = (lowered.compile(), _flops_per_step(trainer, phase, lowered))
+        executables[variant] = (lowered.compile(), flops_per_step(trainer, phase, lowered))
         writer.reset_timer(step)
       executable, flops = executables[variant]
       state, metrics, counters = executable(state, batch, counters)

@@ -185,7 +185,8 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
 
     barrier = lambda name: multihost_utils.sync_global_devices(name)
   try:
-    LatentCache.build(directory, fingerprint=fingerprint, batches=batches, num_batches=-(-d.cache_clips // d.cache_batch),
+    LatentCache.build(directory, fingerprint=fingerprint, batches=batches,
+                      num_batches=-(-d.cache_clips // d.cache_batch),
                       encode_fn=encode_fn, text_fn=text_fn, shard_index=shard_index, shard_count=shard_count,
                       is_main=jax.process_index() == 0, barrier=barrier, log=log)
   finally:

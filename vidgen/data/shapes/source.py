@@ -20,6 +20,9 @@ from vidgen.errors import InputError
 from vidgen.models.text import WordTokenizer
 
 
+FIXED_TRAIN_CLIPS_START = 10_000_000
+
+
 class ShapesSource:
   """Clips, captions and classes of the embedded data, from a `config.data` block."""
 
@@ -44,7 +47,10 @@ class ShapesSource:
                         process_count=shard_count)
 
   def clips(self, split: str, count: int, **overrides: Any) -> dict:
-    return self.dataset(split, **overrides).batch(0, count)
+    # Fixed training clips (e.g. for the VAE's latent statistics) come from far along the endless stream, not from
+    # the first training batches; other splits start at clip 0.
+    start = FIXED_TRAIN_CLIPS_START if split == "train" else 0
+    return self.dataset(split, **overrides).batch(start, count)
 
   def fingerprint(self) -> dict:
     d = self.data

@@ -100,7 +100,8 @@ def _validate_small(text_config: Mapping[str, Any], prefix: str) -> None:
   try:
     validate_small_text_config(text_config)
   except KeyError as e:  # ConfigDict quotes the key in its KeyError, a dict does not.
-    raise ConfigError(f"config.{prefix}.{str(e.args[0]).strip(chr(39))}: is missing (the small text encoder needs the fields of "
+    field = str(e.args[0]).strip(chr(39))
+    raise ConfigError(f"config.{prefix}.{field}: is missing (the small text encoder needs the fields of "
                       "small_text_config)") from None
   except ValueError as e:
     field = re.search(r"field '(\w+)'", str(e))
