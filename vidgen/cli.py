@@ -104,7 +104,9 @@ def _eval() -> None:
   if not _WORKDIR.value:
     raise app.UsageError(f"eval needs --workdir\n{USAGE}")
   pipe = VideoPipeline.from_workdir(_WORKDIR.value)
-  pipe.source.evaluate(pipe, pipe.config, _WORKDIR.value)
+  if not pipe.source.evaluate(pipe, pipe.config, _WORKDIR.value):
+    raise UserError(f"data source {pipe.config.data.name!r} has no evaluation of its own yet (only the embedded "
+                    "shapes do); nothing was written")
   print(f"written to {_WORKDIR.value}/eval.json")
 
 

@@ -95,6 +95,12 @@ def test_video_t2v_with_a_frozen_t5_caches_captions_and_samples(video_dir, tmp_p
   done = cli_runs.python(f"from vidgen.cli import run; import sys; sys.argv = ['vidgen', 'sample', "
                          f"'--workdir={workdir}', '--prompt=a green triangle', '--output={out}', '--steps=2']; run()")
   assert done.returncode == 0 and os.path.getsize(out) > 0, done.stdout[-2000:]
+  # Files have no evaluation of their own (yet): `vidgen eval` says so instead of claiming it wrote eval.json.
+  done = cli_runs.python("from vidgen.cli import run; import sys; "
+                         f"sys.argv = ['vidgen', 'eval', '--workdir={workdir}']; run()")
+  assert done.returncode == 2 and "data source 'files' has no evaluation of its own yet" in done.stdout, \
+      done.stdout[-2000:]
+  assert not os.path.exists(os.path.join(workdir, "eval.json"))
 
 
 def test_dit_imagenet_runlocal_trains_on_class_folders(tmp_path):
