@@ -40,6 +40,11 @@ TEST_REQUIRES = [
     "scikit-image>=0.22",
 ]
 
+# notebooks/: plots (CI installs these with the test extra and executes the notebooks).
+NOTEBOOK_REQUIRES = [
+    "matplotlib>=3.8",
+]
+
 setuptools.setup(
     name="vidgen",
     version="0.1.0",
@@ -50,7 +55,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["vidgen", "vidgen.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES},
     entry_points={"console_scripts": ["vidgen=vidgen.cli:run"]},
     classifiers=[
         "License :: OSI Approved :: Apache Software License",

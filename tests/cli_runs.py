@@ -49,9 +49,9 @@ def env(devices: int = 1) -> dict:
               **CACHE_ENV)
 
 
-def command(config: str | None) -> list[str]:
-  """`vidgen train` with experiments/CONFIG (e.g. "video_vae.py:runlocal"); None: the shapes VAE smoke run."""
-  return CLI if config is None else [*CLI[:-1], f"--config={REPO}/experiments/{config}"]
+def command(config: str | None, verb: str = "train") -> list[str]:
+  """`vidgen VERB` with experiments/CONFIG (e.g. "video_vae.py:runlocal"); None: the shapes VAE smoke run."""
+  return [*CLI[:3], verb, f"--config={REPO}/experiments/{config}" if config else CLI[-1]]
 
 
 def train(workdir, *overrides: str, devices: int = 1, timeout: float = 300,
@@ -69,11 +69,11 @@ def python(code: str, *, devices: int = 1, timeout: float = 300) -> subprocess.C
 
 
 class Run:
-  """A `vidgen train` process we can watch line by line and signal."""
+  """A `vidgen train` (or `vidgen VERB`) process we can watch line by line and signal."""
 
   def __init__(self, workdir, *overrides: str, devices: int = 1, extra_env: dict | None = None,
-               config: str | None = None):
-    self.proc = subprocess.Popen(command(config) + [f"--workdir={workdir}", *overrides],
+               config: str | None = None, verb: str = "train"):
+    self.proc = subprocess.Popen(command(config, verb) + [f"--workdir={workdir}", *overrides],
                                  env={**env(devices), **(extra_env or {})},
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     self.lines: list[str] = []

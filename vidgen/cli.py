@@ -1,4 +1,4 @@
-"""The `vidgen` command: `vidgen train | sample | eval` (see USAGE).
+"""The `vidgen` command: `vidgen train | sample | eval | sweep` (see USAGE).
 
 A thin entry point: flags are parsed here and the work is done by importable functions (`train_and_evaluate`).
 A user's mistake (a bad config value, an unknown word in a prompt, a size that does not fit, a workdir without the
@@ -37,12 +37,22 @@ _GUIDANCE = flags.DEFINE_float("guidance", 4.0, "sample: classifier-free guidanc
 _GUIDANCE_INTERVAL = flags.DEFINE_list("guidance_interval", ["0", "1"], "sample: t_lo,t_hi: guide only at noise "
                                         "levels t in [t_lo, t_hi] (t = 1 is pure noise), conditional-only elsewhere.")
 _SEED = flags.DEFINE_integer("seed", 0, "sample: noise seed.")
-_SAMPLER = flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm", "dpmpp_2m"], "sample: sampler.")
+# The names of vidgen.diffusion.SAMPLERS, spelled out: importing vidgen.diffusion here would load JAX for every command.
+_SAMPLER = flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm", "dpmpp_2m", "euler"],
+                             "sample: sampler, for v and flow runs alike (euler: the deterministic first-order step, "
+                             "the same update as ddim).")
+
+# sweep.
+_PRINT = flags.DEFINE_bool("print", False, "sweep: print one shell command per step (prepare, each point, collect) "
+                           "for a cluster scheduler instead of running the sweep here.")
+_STAGE = flags.DEFINE_enum("stage", "all", ["all", "prepare", "collect"], "sweep: everything (default); only the "
+                           "shared VAE and latent cache; or only DIR/results.jsonl from the finished points.")
 
 USAGE = """usage:
   vidgen train --config experiments/NAME.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
   vidgen sample --workdir DIR --prompt TEXT --output out.mp4 [--num_frames 17 --steps 50 --guidance 4 --seed 0]
-  vidgen eval --workdir DIR"""
+  vidgen eval --workdir DIR
+  vidgen sweep --config experiments/SWEEP.py[:ARG] --workdir DIR [--print] [--stage all|prepare|collect]"""
 
 
 def _train() -> None:
@@ -110,7 +120,28 @@ def _eval() -> None:
   print(f"written to {_WORKDIR.value}/eval.json")
 
 
-COMMANDS = {"train": _train, "sample": _sample, "eval": _eval}
+def _sweep() -> None:
+  from vidgen.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+  from vidgen.train.sweep import Sweep
+
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError(f"sweep needs --config and --workdir\n{USAGE}")
+  path, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
+  sweep = Sweep(path, arg, _WORKDIR.value, config_flags.get_override_values(flags.FLAGS["config"]))
+  if _PRINT.value:
+    print("\n".join(sweep.commands()))
+  elif _STAGE.value == "prepare":
+    sweep.prepare()
+  elif _STAGE.value == "collect":
+    sweep.collect()
+  else:
+    try:
+      sweep.run()
+    except Preempted:
+      sys.exit(PREEMPTED_EXIT_CODE)  # the loop logged the step and the checkpoint; the same command resumes
+
+
+COMMANDS = {"train": _train, "sample": _sample, "eval": _eval, "sweep": _sweep}
 
 
 USER_ERROR_EXIT_CODE = 2

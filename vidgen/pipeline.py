@@ -56,7 +56,9 @@ class VideoPipeline:
     self.vae_graph, self.vae_params, self.vae_stats = nnx.split(vae, nnx.Param, ...)
     self.vae_config = vae.config
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
-    self.schedule = diffusion.schedule_from_config(config.diffusion)
+    # A run saved before `diffusion.objective` existed has none: objective_from_config reads it as "v".
+    self.objective = diffusion.objective_from_config(config.diffusion)
+    self.schedule = self.objective.schedule
     self.source = get_source(config.data)
     self.text_kind = text_encoder_kind(config.text) if config.conditioning == "text" else None
     self.tokenizer = self.source.caption_tokenizer(config.text.max_length) if self.text_kind == "small" else None
@@ -150,7 +152,8 @@ class VideoPipeline:
           return model(z, t, c)
 
         z0 = diffusion.sample(denoise, noise, schedule=self.schedule, sampler=sampler, num_steps=steps,
-                              key=sample_key, self_condition=self.self_condition, t_start=strength)
+                              prediction=self.objective.prediction, key=sample_key,
+                              self_condition=self.self_condition, t_start=strength)
         z0 = vae.denormalize(z0)
         return jnp.clip(vae.decode(z0), -1.0, 1.0) if decode else z0
 
@@ -170,7 +173,8 @@ class VideoPipeline:
       num_frames: 1 + 4k frames (1 gives an image).
       height, width: pixels, multiples of VAE factor x patch; default the training size.
       steps: sampler steps; guidance: classifier-free guidance scale (1 = conditional only, 0 = unconditional);
-      seed: noise seed; sampler: "ddim" | "ddpm" | "dpmpp_2m".
+      seed: noise seed; sampler: one of `diffusion.SAMPLERS` ("ddim", "ddpm", "dpmpp_2m", "euler"), for a v or a
+        flow run alike (the run's `diffusion.objective` says what the model predicts).
       guidance_interval: (t_lo, t_hi): guide only at noise levels t in that range, conditional-only (w = 1) elsewhere
         (see `vidgen.diffusion.guidance`); the default guides at every step.
       init_video: uint8 [T, H, W, 3] (one prompt) or [B, T, H, W, 3]: video-to-video (SDEdit). The clip is encoded,

@@ -105,3 +105,34 @@ def test_quickstart_finds_the_repository_from_its_root(kernel, tmp_path):
   nb = execute(parameterized(nb, TINY=True, WORKDIR=str(tmp_path / "run")), kernel, ROOT)
   text, _ = outputs(nb, "setup")
   assert f"repository: {ROOT}" in text
+
+
+SCALING = os.path.join(NOTEBOOKS, "scaling_laws.ipynb")
+
+
+def test_scaling_notebook_is_stored_executed():
+  # Readers see the curves without running anything: every code cell has run, in order, and the plots are inside.
+  nb = nbformat.read(SCALING, as_version=4)
+  nbformat.validate(nb)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+  assert not any(o.output_type == "error" for c in code for o in c.outputs)
+  assert sum("image/png" in o.get("data", {}) for c in code for o in c.outputs) >= 4
+
+
+def test_scaling_notebook_fits_the_committed_sweep(kernel):
+  nb = execute(parameterized(nbformat.read(SCALING, as_version=4), NUM_BOOTSTRAP=40), kernel, NOTEBOOKS)
+  text, _ = outputs(nb, "load")
+  assert "22 points, 4 budgets" in text and "decades" in text
+  text, mimes = outputs(nb, "frontier")
+  assert "image/png" in mimes and "A C^-alpha: E = " in text and "not fitted" not in text
+  text, mimes = outputs(nb, "isoflop")
+  assert "image/png" in mimes and "a = " in text and "b = " in text and "not fitted" not in text
+  text, _ = outputs(nb, "chinchilla")
+  assert "alpha = " in text and "beta = " in text and "not fitted" not in text
+  text, _ = outputs(nb, "predict")
+  assert "measured validation loss" in text and "predicts" in text
+  text, mimes = outputs(nb, "compare")
+  assert "image/png" in mimes and "full attention" in text and "patch 1" in text
+  text, _ = outputs(nb, "objectives")
+  assert "rectified flow" in text and "v-prediction" in text

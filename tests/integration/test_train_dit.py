@@ -90,17 +90,17 @@ def test_rerun_skips_finished_stages_and_steps(t2v_run):
   assert [r["step"] for r in read_metrics(t2v_run)] == [1, 2, 3, 4]
 
 
-def _fixed_v_loss(trainer, params, batch) -> float:
-  """The v-loss of `params` at fixed noise levels and noise on a fixed batch (training losses are too noisy)."""
-  from vidgen import diffusion
+def _fixed_loss(trainer, params, batch) -> float:
+  """The run's loss (v or flow) of `params` at fixed noise levels and noise on a fixed batch (training losses are too
+  noisy)."""
   from vidgen.models.dit import Conditioning
 
   x = (batch["mean"] - trainer.latent_shift) / trainer.latent_scale
   dit = nnx.merge(trainer.graphs["dit"], params["dit"])
   text = nnx.merge(trainer.graphs["text"], params["text"])(batch["ids"], batch["mask"])
   cond = Conditioning(text=text, text_mask=batch["mask"])
-  losses = [diffusion.v_loss(lambda z, t: dit(z, t, cond), x, jax.random.key(i), trainer.schedule,
-                             t=jnp.full((x.shape[0],), t)) for i, t in enumerate((0.2, 0.4, 0.6, 0.8))]
+  losses = [trainer.objective.loss(lambda z, t: dit(z, t, cond), x, jax.random.key(i), t=jnp.full((x.shape[0],), t))
+            for i, t in enumerate((0.2, 0.4, 0.6, 0.8))]
   return float(jnp.mean(jnp.stack(losses)))
 
 
@@ -138,7 +138,7 @@ def test_dit_learns_and_resume_is_exact(t2v_run, tmp_path, monkeypatch):
   it = trainer.make_iterator(0, 1)
   it.image_every = 0
   batch = next(it)
-  before, after = _fixed_v_loss(trainer, initial.params, batch), _fixed_v_loss(trainer, trained.params, batch)
+  before, after = _fixed_loss(trainer, initial.params, batch), _fixed_loss(trainer, trained.params, batch)
   assert after < 0.9 * before, (before, after)  # deterministic: same noise, same t, same clips
 
   parts = str(tmp_path / "parts")
@@ -306,6 +306,50 @@ def test_self_conditioned_dit_trains_and_samples(t2v_run, tmp_path):
   assert np.abs(np.asarray(with_estimate - with_zeros)).max() > 1e-3
   with pytest.raises(ConfigError, match=r"diffusion\.self_condition_prob"):
     train_and_evaluate(t2v_config(**dict(common, **{"diffusion.self_condition_prob": 1.5})), str(tmp_path / "bad"))
+
+
+def test_flow_objective_trains_and_samples(t2v_run, tmp_path):
+  """shapes_t2v.py:runlocal,flow (rectified flow, logit-normal times, Euler) on the run's VAE and cache: a fixed-noise
+  flow loss falls, the pipeline samples with the run's objective, and a v run's config.json without the objective
+  fields still loads as v."""
+  from vidgen import diffusion, runs
+  from vidgen.parallel import make_mesh
+  from vidgen.pipeline import VideoPipeline
+  from vidgen.train import stages, train_and_evaluate
+  from vidgen.train.dit_trainer import DiTTrainer
+  from vidgen.train.loop import restore_state
+
+  common = dict(vae_workdir=os.path.join(t2v_run, "vae"), total_steps=30, log_every=1, checkpoint_every=30,
+                sample_every=30, **{"data.cache_dir": os.path.join(t2v_run, "latents"), "eval.at_end": False,
+                                    "optimizer.warmup_steps": 5, "optimizer.lr": 3e-3, "data.image_every": 0})
+  config = t2v_config("runlocal,flow", **common)
+  workdir = str(tmp_path / "flow")
+  train_and_evaluate(config, workdir)
+  losses = [r["loss"] for r in read_metrics(workdir)]
+  assert len(losses) == 30 and np.all(np.isfinite(losses))
+
+  mesh = make_mesh({"data": 1}, jax.devices()[:1])
+  vae, vae_step = runs.load_vae(config.vae_workdir, mesh)
+  trainer = DiTTrainer(config, mesh, workdir, vae=vae, cache=stages.latent_cache(config, workdir, vae, vae_step, mesh))
+  assert trainer.objective.prediction == "flow" and trainer.objective.timesteps == "logit_normal"
+  it = trainer.make_iterator(0, 1)
+  it.image_every = 0
+  batch = next(it)
+  initial = trainer.init_state(jax.random.key(config.seed))
+  trained = restore_state(trainer, workdir, config.total_steps)
+  before, after = _fixed_loss(trainer, initial.params, batch), _fixed_loss(trainer, trained.params, batch)
+  assert after < 0.9 * before, (before, after)  # deterministic: same noise, same t, same clips
+
+  # The sample written at step 30 went through VideoPipeline with the run's objective and sampler.
+  assert np.stack(list(iio.imiter(os.path.join(workdir, "samples", "samples_000030.gif")))).shape[0] == 5
+  pipe = VideoPipeline.from_workdir(workdir)
+  assert pipe.objective == trainer.objective and pipe.sampling_defaults()["sampler"] == "euler"
+
+  run = runs.load_dit(t2v_run)
+  with run.config.diffusion.unlocked():
+    for name in ("objective", "timesteps"):
+      del run.config.diffusion[name]
+  assert VideoPipeline(run.config, run.networks, run.vae).objective == diffusion.Objective(diffusion.CosineSchedule())
 
 
 def test_config_errors_name_the_field(t2v_run, tmp_path):

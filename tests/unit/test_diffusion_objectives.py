@@ -1,4 +1,5 @@
-"""v-prediction conversions, the v/x loss identity, Min-SNR weights and the per-example training loss."""
+"""v-prediction conversions, the v/x loss identity, Min-SNR weights and the per-example training loss (flow: see
+test_diffusion_flow.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_conversions_round_trip():
   np.testing.assert_allclose(diffusion.x_from_v(z[0], v[0], alpha[0], sigma[0]), x[0], atol=1e-5)
 
 
-def test_v_loss_is_snr_weighted_x_loss():
+def test_denoising_loss_is_snr_weighted_x_loss():
   """||v - v_hat||^2 = (1 + SNR) ||x - x_hat||^2 (and = (1 + 1/SNR) ||eps - eps_hat||^2)."""
   x, eps, v_hat, t, alpha, sigma = _draws(1)
   z = diffusion.add_noise(x, eps, alpha, sigma)
@@ -75,28 +76,28 @@ def _oracle(x_star, schedule=SCHEDULE, offset=0.0):
   return denoise_fn
 
 
-def test_v_loss_exact_denoiser_and_weights():
+def test_denoising_loss_exact_denoiser_and_weights():
   x = jax.random.normal(jax.random.key(2), SHAPE)
   key = jax.random.key(3)
   t = jnp.array([0.05, 0.3, 0.6, 1.0])  # Includes t = 1 (alpha = 0) of the zero-terminal-SNR schedule.
-  loss = diffusion.v_loss(_oracle(x), x, key, SCHEDULE, t=t)
+  loss = diffusion.denoising_loss(_oracle(x), x, key, SCHEDULE, t=t)
   assert loss.shape == (4,) and loss.dtype == jnp.float32
   np.testing.assert_allclose(loss, 0.0, atol=1e-8)
   # A constant error c gives c^2, times the weighting.
-  loss = diffusion.v_loss(_oracle(x, offset=0.5), x, key, SCHEDULE, t=t)
+  loss = diffusion.denoising_loss(_oracle(x, offset=0.5), x, key, SCHEDULE, t=t)
   np.testing.assert_allclose(loss, 0.25, rtol=1e-4)
-  loss = diffusion.v_loss(_oracle(x, offset=0.5), x, key, SCHEDULE, t=t, weighting="min_snr", gamma=5.0)
+  loss = diffusion.denoising_loss(_oracle(x, offset=0.5), x, key, SCHEDULE, t=t, weighting="min_snr", gamma=5.0)
   np.testing.assert_allclose(loss, 0.25 * diffusion.min_snr_weight(SCHEDULE.logsnr(t), 5.0), rtol=1e-4)
   # Sampled t: uniform in [0, 1), one per example, and deterministic given the key.
-  a = diffusion.v_loss(_oracle(x, offset=0.5), x, key, SCHEDULE, weighting="min_snr")
-  b = diffusion.v_loss(_oracle(x, offset=0.5), x, key, SCHEDULE, weighting="min_snr")
+  a = diffusion.denoising_loss(_oracle(x, offset=0.5), x, key, SCHEDULE, weighting="min_snr")
+  b = diffusion.denoising_loss(_oracle(x, offset=0.5), x, key, SCHEDULE, weighting="min_snr")
   np.testing.assert_array_equal(a, b)
   assert np.all(np.asarray(a) <= 0.25 * 5 / 6 + 1e-6)
   t = diffusion.sample_t(jax.random.key(4), 1000)
   assert t.shape == (1000,) and float(t.min()) >= 0.0 and float(t.max()) < 1.0 and 0.45 < float(t.mean()) < 0.55
 
 
-def test_v_loss_mask():
+def test_denoising_loss_mask():
   """Masked-out elements (e.g. conditioning frames) do not count, and the loss is a mean over the kept ones."""
   x = jax.random.normal(jax.random.key(5), SHAPE)
   frame_mask = jnp.array([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])  # [B, T].
@@ -104,17 +105,17 @@ def test_v_loss_mask():
   offset = 1.0 + 2.0 * (1.0 - frame_mask)[:, :, None, None]
   t = jnp.full((4,), 0.5)
   for mask in (frame_mask, frame_mask[:, :, None, None], jnp.broadcast_to(frame_mask[:, :, None, None], SHAPE)):
-    loss = diffusion.v_loss(_oracle(x, offset=offset), x, jax.random.key(6), SCHEDULE, t=t, mask=mask)
+    loss = diffusion.denoising_loss(_oracle(x, offset=offset), x, jax.random.key(6), SCHEDULE, t=t, mask=mask)
     np.testing.assert_allclose(loss, [1.0, 1.0, 1.0, 0.0], rtol=1e-5)  # All-masked example: 0, not NaN.
 
 
-def test_v_loss_trains_under_jit():
+def test_denoising_loss_trains_under_jit():
   """The loss is differentiable and jittable with a tiny linear denoiser; one SGD step lowers it."""
   x = jax.random.normal(jax.random.key(7), SHAPE)
 
   def loss_fn(w, key):
     denoise_fn = lambda z, t: w[0] * z + w[1] * t[:, None, None, None]
-    return jnp.mean(diffusion.v_loss(denoise_fn, x, key, SCHEDULE, weighting="min_snr"))
+    return jnp.mean(diffusion.denoising_loss(denoise_fn, x, key, SCHEDULE, weighting="min_snr"))
 
   w = jnp.zeros(2)
   key = jax.random.key(8)
@@ -123,12 +124,12 @@ def test_v_loss_trains_under_jit():
   assert float(jax.jit(loss_fn)(w - 0.5 * grad, key)) < float(loss)
 
 
-def test_v_loss_validation():
+def test_denoising_loss_validation():
   x = jnp.zeros(SHAPE)
   with pytest.raises(ValueError, match="weighting must be one of"):
-    diffusion.v_loss(_oracle(x), x, jax.random.key(0), SCHEDULE, weighting="snr")
+    diffusion.denoising_loss(_oracle(x), x, jax.random.key(0), SCHEDULE, weighting="snr")
   with pytest.raises(ValueError, match="t must have shape"):
-    diffusion.v_loss(_oracle(x), x, jax.random.key(0), SCHEDULE, t=jnp.zeros((3,)))
+    diffusion.denoising_loss(_oracle(x), x, jax.random.key(0), SCHEDULE, t=jnp.zeros((3,)))
 
 
 def test_self_conditioned_feeds_the_stopped_first_estimate():

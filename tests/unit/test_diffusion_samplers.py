@@ -200,7 +200,8 @@ def test_step_grids():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(sampler="euler"), "sampler must be one of"),
+        (dict(sampler="heun"), "sampler must be one of"),
+        (dict(prediction="eps"), "prediction must be one of"),
         (dict(timestep_spacing="uniform"), "timestep_spacing must be one of"),
         (dict(num_steps=0), "num_steps"),
         (dict(num_steps=1001), "num_steps"),
@@ -210,7 +211,7 @@ def test_step_grids():
         (dict(sampler="ddpm"), "key is required"),
         (dict(eta=0.3), "key is required"),
         (dict(noise=jnp.zeros((2, 3), jnp.int32)), "noise must be a float array"),
-        (dict(denoise_fn=lambda z, t: z[..., :1]), "denoise_fn must return v_hat"),
+        (dict(denoise_fn=lambda z, t: z[..., :1]), "denoise_fn must return its prediction"),
     ])
 def test_sample_validation(kwargs, match):
   kwargs = dict(dict(denoise_fn=point_oracle(ZSNR), noise=NOISE), **kwargs)

@@ -1,15 +1,22 @@
-"""Tests for vidgen.scaling.flops: the DiT paper's table, XLA's own count, and parameter counts."""
+"""Tests for vidgen.scaling.flops: the DiT paper's table, XLA's own count (forward pass and whole training step), and
+parameter counts."""
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import experiment_config
 from vidgen.models.dit import Conditioning, VideoDiT
 from vidgen.models.dit_config import dit_config
-from vidgen.scaling import forward_flops, param_count
+from vidgen.models.text import hf_text_config, small_text_config
+from vidgen.scaling import (forward_flops, param_count, param_counts, text_encoder_forward_flops,
+                            text_encoder_param_counts, train_flops_per_step)
 
 # DiT paper (arXiv 2212.09748) Table 4 "Gflops" on a 32x32x4 latent: multiply-adds, so FLOPs are twice these.
 DIT_GMACS = {
@@ -103,3 +110,134 @@ def test_param_count_closed_form():
            + (classes + 1) * d                         # Class table with the null class.
            + 2 * d * d + 2 * d + d * patch * c_out + patch * c_out)  # Final adaLN and projection.
   assert param_count(dit_config("S/2", num_classes=classes, out_channels=c_out)) == total
+
+
+# -- training FLOPs per step -------------------------------------------------------------------------------------------
+
+
+def _run_config(arg=None, *, batch_size=8, text=None, **dit):
+  """A shapes_t2v run config (`arg` "class" for labels) with a 2-block, width-256 DiT on a (4, 8, 8) latent grid.
+
+  Width 256: the elementwise work XLA also counts (norms, GELU, softmax, adaLN modulation: O(width) per token against
+  the matmuls' O(width^2)) is 5-14% of the step at width 64 and 2-4% here; the optimizer and EMA updates (O(params),
+  independent of the batch) are < 1% from batch 8 on.
+  """
+  config = experiment_config("shapes_t2v", arg, batch_size=batch_size)
+  if text is not None:
+    config.text = text
+  fields = dict(input_size=(4, 8, 8), width=256, depth=2, num_heads=4, window=(2, 4, 4), scan_layers=False)
+  fields.update(dit)
+  config.dit.update(fields)
+  if config.conditioning == "text":  # A frozen encoder's width is any: the step never reads its checkpoint.
+    config.dit.text_dim = 768 if config.text.get("encoder") == "hf" else config.text.width
+  return config
+
+
+def _xla_step_flops(config, phase):
+  """FLOPs XLA counts for the compiled `DiTTrainer` step of `phase` (abstract state and batch: compiled, never run)."""
+  from vidgen.parallel import make_mesh
+  from vidgen.train.dit_trainer import DiTTrainer
+
+  c = config.dit.in_channels
+  # The step reads only the VAE's latent statistics; the trainer never touches the cache while compiling.
+  vae = types.SimpleNamespace(latent_shift=np.zeros(c, np.float32), latent_scale=np.ones(c, np.float32))
+  trainer = DiTTrainer(config, make_mesh({"data": 1}, jax.devices()[:1]), "", vae=vae, cache=None)
+  state = jax.eval_shape(trainer.init_state, jax.random.key(0))
+  b, (t, h, w) = config.batch_size, config.dit.input_size
+  latent = jax.ShapeDtypeStruct((b, 1 if phase == "image" else t, h, w, c), jnp.float32)
+  batch = {"mean": latent, "std": latent}
+  length = config.text.max_length
+  if config.conditioning == "class":
+    batch["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+  elif config.text.get("encoder") == "hf":  # cached caption embeddings
+    batch["text"] = jax.ShapeDtypeStruct((b, length, config.dit.text_dim), jnp.float16)
+    batch["mask"] = jax.ShapeDtypeStruct((b, length), jnp.bool_)
+  else:
+    batch["ids"] = jax.ShapeDtypeStruct((b, length), jnp.int32)
+    batch["mask"] = jax.ShapeDtypeStruct((b, length), jnp.bool_)
+  step = jax.jit(trainer.train_step, static_argnums=2).lower(state, batch, phase).compile()
+  assert trainer.model_flops_per_step(phase) == train_flops_per_step(config, phase)
+  return step.cost_analysis()["flops"]
+
+
+@pytest.mark.parametrize(
+    "arg,text,dit,phase",
+    [
+        # The main job's kind of model: captions through a small text encoder trained with the DiT, spatial and
+        # spatiotemporal windows, depth unrolled.
+        (None, None, {}, "video"),
+        # 1-frame image batches with self-conditioning's extra gradient-free forward pass.
+        (None, None, dict(self_condition=True), "image"),
+        # Class labels as cross-attention tokens, full attention, depth scanned. XLA's CPU cost analysis counts a
+        # scan (while loop) body once, so the two blocks form one super-block: one iteration, counted right.
+        ("class", None, dict(attention_pattern=("full", "full"), scan_layers=True), "video"),
+        # A frozen encoder's caption embeddings come from the latent cache: only the DiT's cross-attention costs.
+        (None, hf_text_config("/unused", max_length=8), dict(self_condition=True), "video"),
+    ],
+)
+def test_train_flops_match_xla_cost_analysis(arg, text, dit, phase):
+  config = _run_config(arg, text=text, **dit)
+  analytic = train_flops_per_step(config, phase)
+  measured = _xla_step_flops(config, phase)
+  # XLA also counts the elementwise work (norms, softmax, GELU, loss, AdamW, EMA) that the matmul-only count leaves
+  # out: 2-4% at these shapes.
+  assert abs(measured - analytic) / analytic < 0.05, (measured, analytic)
+
+
+def test_train_flops_terms():
+  config = _run_config()
+  length = config.text.max_length
+  video, image = train_flops_per_step(config, "video"), train_flops_per_step(config, "image")
+  text = 3 * config.batch_size * text_encoder_forward_flops(config.text, length)
+  dit = forward_flops(config.dit, config.dit.input_size, length)
+  assert video == 3 * config.batch_size * dit + text
+  assert image == 3 * config.batch_size * forward_flops(config.dit, (1, 8, 8), length) + text
+  # Self-conditioning: one more forward pass per example (its input has C more channels).
+  sc = _run_config(self_condition=True)
+  assert train_flops_per_step(sc, "video") == (
+      4 * config.batch_size * forward_flops(sc.dit, config.dit.input_size, length) + text)
+  # Gradient accumulation splits the batch, not the work.
+  accum = _run_config()
+  accum.grad_accum_steps = 4
+  assert train_flops_per_step(accum, "video") == video
+  # A frozen encoder costs nothing per step; class labels have no text encoder at all.
+  frozen = _run_config(text=hf_text_config("/unused", max_length=length))
+  assert train_flops_per_step(frozen, "video") == 3 * config.batch_size * forward_flops(
+      frozen.dit, config.dit.input_size, length)
+  labels = _run_config("class")
+  assert train_flops_per_step(labels, "video") == 3 * config.batch_size * forward_flops(labels.dit, (4, 8, 8))
+  with pytest.raises(ValueError, match="phase"):
+    train_flops_per_step(config, "audio")
+
+
+def test_text_encoder_flops_match_xla_cost_analysis():
+  from vidgen.models.text import SmallTextEncoder
+
+  # One block: its blocks are always scanned, and XLA's CPU cost analysis counts a scan body once.
+  config = small_text_config(vocab_size=100, max_length=16, width=256, depth=1, num_heads=4)
+  model = nnx.eval_shape(lambda: SmallTextEncoder(config, rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.split(model)
+  ids = jax.ShapeDtypeStruct((1, 16), jnp.int32)
+  mask = jax.ShapeDtypeStruct((1, 16), jnp.bool_)
+  measured = jax.jit(lambda p, i, m: nnx.merge(graphdef, p)(i, m)).lower(params, ids, mask).compile().cost_analysis()
+  analytic = text_encoder_forward_flops(config, 16)
+  assert abs(measured["flops"] - analytic) / analytic < 0.05, (measured["flops"], analytic)
+  with pytest.raises(ValueError, match="text_len"):
+    text_encoder_forward_flops(config, 17)
+
+
+def test_param_counts_exclude_lookup_tables():
+  # Sin-cos positions have no parameters: only the class table (1000 classes + null) is a lookup.
+  d = 384
+  counts = param_counts(dit_config("S/2", num_classes=1000))
+  assert counts["total"] == param_count(dit_config("S/2", num_classes=1000))
+  assert counts["total"] - counts["non_embedding"] == 1001 * d
+  # Learned time [T0, D] and space [H0, W0, D] tables; factored labels: one row per factor value plus a null each.
+  config = dit_config("WALT-L", depth=2, width=64, num_heads=4, input_size=(4, 8, 8), window=(2, 4, 4),
+                      num_classes=84, class_factors=(7, 3, 4), class_tokens=True)
+  counts = param_counts(config)
+  assert counts["total"] - counts["non_embedding"] == (4 + 8 * 8) * 64 + (8 + 4 + 5) * 64
+  # The small text encoder: token and position tables.
+  text = small_text_config(vocab_size=100, max_length=16, width=32, depth=1, num_heads=2)
+  counts = text_encoder_param_counts(text)
+  assert counts["total"] - counts["non_embedding"] == (100 + 16) * 32

@@ -54,7 +54,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vidgen.diffusion import LinearBetaSchedule, v_loss
+from vidgen.diffusion import LinearBetaSchedule, denoising_loss
 from vidgen.layers.precision import DTYPES
 from vidgen.layers.scan import REMAT_POLICIES
 from vidgen.models.dit import Conditioning, VideoDiT
@@ -163,7 +163,7 @@ class TrainStep:
 
       def loss_fn(params):
         model = nnx.merge(graphdef, params, rest)
-        return jnp.mean(v_loss(lambda z, t: model(z, t, cond), inputs["x"], key, schedule))
+        return jnp.mean(denoising_loss(lambda z, t: model(z, t, cond), inputs["x"], key, schedule))
 
       loss, grads = jax.value_and_grad(loss_fn)(state["params"])
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

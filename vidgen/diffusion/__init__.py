@@ -1,12 +1,17 @@
-"""Diffusion: noise schedules, the v-prediction objective, samplers and classifier-free guidance.
+"""Diffusion: noise schedules, the v-prediction and rectified-flow objectives, samplers and classifier-free guidance.
 
 Usage:
   from vidgen import diffusion
   schedule = diffusion.LinearBetaSchedule(zero_terminal_snr=True)     # W.A.L.T's schedule
-  schedule = diffusion.schedule_from_config(config.diffusion)          # a run's schedule
-  loss = diffusion.v_loss(lambda z, t: model(z, t, cond), x, key, schedule, weighting="min_snr")   # [B]
+  objective = diffusion.objective_from_config(config.diffusion)        # a run's schedule, prediction, t distribution
+  loss = objective.loss(lambda z, t: model(z, t, cond), x, key)        # [B]
+  loss = diffusion.denoising_loss(lambda z, t: model(z, t, cond), x, key, schedule, weighting="min_snr")   # v, [B]
   guided = diffusion.classifier_free_guidance(model, cond, null_cond, scale=4.0, rescale=0.7)
-  x0 = diffusion.sample(guided, noise, schedule=schedule, sampler="ddim", num_steps=50)
+  x0 = diffusion.sample(guided, noise, schedule=objective.schedule, sampler="ddim", num_steps=50,
+                        prediction=objective.prediction)
+  # Rectified flow (SD3 / Wan): z_s = (1 - s) x + s eps, the model predicts u = eps - x.
+  flow = diffusion.Objective(diffusion.FlowSchedule(shift=0.0), prediction="flow", timesteps="logit_normal")
+  x0 = diffusion.sample(model_u, noise, schedule=flow.schedule, sampler="euler", num_steps=28, prediction="flow")
 
 Time t is continuous in [0, 1] (0 clean, 1 noise) everywhere; see `schedules` for how discrete DDPM steps map onto it.
 """
@@ -14,24 +19,31 @@ Time t is continuous in [0, 1] (0 clean, 1 noise) everywhere; see `schedules` fo
 from vidgen.diffusion.config import (
     DEFAULT_SELF_CONDITION_PROB,
     SCHEDULES,
+    Objective,
+    objective_from_config,
     schedule_from_config,
     validate_diffusion_config,
 )
 from vidgen.diffusion.guidance import check_interval, classifier_free_guidance, guide, rescale_guidance
 from vidgen.diffusion.objectives import (
+    PREDICTIONS,
+    TIMESTEP_DISTRIBUTIONS,
     WEIGHTINGS,
     add_noise,
+    denoising_loss,
+    eps_from_prediction,
     eps_from_v,
     eps_from_x,
     loss_weight,
     min_snr_weight,
+    prediction_target,
     sample_t,
     self_conditioned,
     v_from_eps,
     v_from_x,
     v_from_x_eps,
-    v_loss,
     x_from_eps,
+    x_from_prediction,
     x_from_v,
 )
 from vidgen.diffusion.samplers import (
@@ -42,27 +54,43 @@ from vidgen.diffusion.samplers import (
     sample,
     sampling_times,
 )
-from vidgen.diffusion.schedules import CosineSchedule, LinearBetaSchedule, Schedule, resolution_shift
+from vidgen.diffusion.schedules import (
+    CosineSchedule,
+    FlowSchedule,
+    LinearBetaSchedule,
+    Schedule,
+    flow_shift_from_sd3,
+    resolution_shift,
+)
 
 __all__ = [
     "CosineSchedule",
     "DEFAULT_SELF_CONDITION_PROB",
+    "FlowSchedule",
     "LinearBetaSchedule",
+    "Objective",
+    "PREDICTIONS",
     "SAMPLERS",
     "SCHEDULES",
     "Schedule",
+    "TIMESTEP_DISTRIBUTIONS",
     "TIMESTEP_SPACINGS",
     "Trajectory",
     "WEIGHTINGS",
     "add_noise",
     "check_interval",
     "classifier_free_guidance",
+    "denoising_loss",
     "discrete_timesteps",
+    "eps_from_prediction",
     "eps_from_v",
     "eps_from_x",
+    "flow_shift_from_sd3",
     "guide",
     "loss_weight",
     "min_snr_weight",
+    "objective_from_config",
+    "prediction_target",
     "resolution_shift",
     "rescale_guidance",
     "sample",
@@ -73,8 +101,8 @@ __all__ = [
     "v_from_eps",
     "v_from_x",
     "v_from_x_eps",
-    "v_loss",
     "validate_diffusion_config",
     "x_from_eps",
+    "x_from_prediction",
     "x_from_v",
 ]

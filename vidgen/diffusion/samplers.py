@@ -1,4 +1,12 @@
-"""Samplers for v-prediction denoisers: DDPM ancestral, DDIM (with eta), DPM-Solver++(2M).
+"""Samplers for v-prediction and rectified-flow denoisers: DDPM ancestral, DDIM (with eta), DPM-Solver++(2M), Euler.
+
+The denoiser's output (v, or u = eps - x with prediction="flow") is turned into x_hat and eps_hat
+(`vidgen.diffusion.objectives`), and every update is written in (alpha, sigma, logsnr) of a general schedule
+z_t = alpha_t x + sigma_t eps, so all samplers hold for variance-preserving and flow schedules alike: DDIM and DDPM
+through the Gaussian posterior q(z_n | z_c, x), whose variance sigma_n^2 (1 - SNR_c / SNR_n) and mean need no
+alpha^2 + sigma^2 = 1, and DPM-Solver++ through lambda = log(alpha / sigma). "euler" is the deterministic first-order
+step z_n = alpha_n x_hat + sigma_n eps_hat (DDIM with eta = 0); on the flow schedule (alpha = 1 - s, sigma = s) it is
+exactly z_n = z_c + (s_n - s_c) u_hat, Euler's method on dz/ds = u, the sampler of SD3 / Wan / HunyuanVideo.
 
 All samplers walk a static grid of times 1 >= t_0 > t_1 > ... > t_{n-1} > t_n = 0 with `jax.lax.scan`, calling the
 denoiser once per step, and return the clean sample. The last step always targets exactly clean data (alpha = 1,
@@ -16,6 +24,11 @@ Each step goes from one evaluation time to the next one and the last to t = 0. A
     "linspace") and always for "leading"; otherwise diffusers lands between grid points and vidgen does not.
   - DPMSolverMultistepScheduler: same "trailing" grid; its "leading" / "linspace" use n + 1 points and drop the lowest.
     With zero terminal SNR it clamps the last alpha_bar to 2^-24; vidgen keeps alpha = 0 there exactly.
+  - FlowMatchEulerDiscreteScheduler (against FlowSchedule(shift=-2 ln k) and "euler"): unshifted (k = 1) its default
+    grid linspace(1, 1 / N, n) is "linspace" whenever n - 1 divides N - 1 (n = 4, 10, 28, ...); for k != 1 it ends at
+    a twice-shifted sigma and matches no vidgen grid. Given vidgen's unshifted times, `set_timesteps(sigmas=t[:-1])`
+    with shift=k, its sigmas and steps are those of "euler" on any grid.
+On the flow schedule "trailing" gives sigma_i = 1 - i / n (shift 0): evenly spaced from pure noise.
 
 Partial denoising (SDEdit, arXiv 2108.01073). With `t_start` < 1 the grid above is scaled by t_start, so the
 sampler starts from z_{t_start} = alpha(t_start) x + sigma(t_start) eps (a given clip, partly noised) and takes
@@ -45,12 +58,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vidgen.diffusion.objectives import PREDICTIONS, eps_from_prediction, x_from_prediction
 from vidgen.diffusion.schedules import Schedule
 
 Array = jax.Array
 DenoiseFn = Callable[[Array, Array], Array]
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -118,6 +132,7 @@ def sample(
     schedule: Schedule,
     sampler: str = "ddim",
     num_steps: int = 50,
+    prediction: str = "v",
     key: Array | None = None,
     eta: float = 0.0,
     timestep_spacing: str = "trailing",
@@ -128,16 +143,18 @@ def sample(
   """Runs a sampler from `noise` at t_0 down to clean data.
 
   Pure and traceable: call it inside `jax.jit` with `denoise_fn` closed over; `schedule`, `sampler`, `num_steps`,
-  `eta`, `timestep_spacing` and `return_trajectory` are static (Python values).
+  `prediction`, `eta`, `timestep_spacing` and `return_trajectory` are static (Python values).
 
   Args:
-    denoise_fn: (z_t [B, ...], t [B] float) -> v_hat [B, ...], the v-prediction model. Wrap it with
-      `vidgen.diffusion.guidance.classifier_free_guidance` for guided sampling.
+    denoise_fn: (z_t [B, ...], t [B] float) -> prediction [B, ...], the model (v_hat, or u_hat for
+      prediction="flow"). Wrap it with `vidgen.diffusion.guidance.classifier_free_guidance` for guided sampling.
     noise: the starting latent z_{t_0}, [B, ...] float: standard normal, or a partly noised clip with t_start < 1.
     schedule: the noise schedule the model was trained with.
     sampler: one of SAMPLERS: "ddpm" (ancestral, posterior variance), "ddim" (eta = 0 deterministic, eta = 1 equals
-      DDPM's update), "dpmpp_2m" (DPM-Solver++(2M), data prediction, first order on the first and last step).
+      DDPM's update), "dpmpp_2m" (DPM-Solver++(2M), data prediction, first order on the first and last step),
+      "euler" (deterministic first order: DDIM with eta = 0, which is Euler's method on the flow schedule).
     num_steps: n, the number of denoiser evaluations, in [1, schedule.num_train_steps].
+    prediction: one of `vidgen.diffusion.PREDICTIONS`, what denoise_fn outputs: "v" or "flow" (u = eps - x).
     key: PRNG key, required by "ddpm" and by "ddim" with eta > 0.
     eta: DDIM stochasticity in [0, 1]; only for sampler="ddim".
     timestep_spacing: one of TIMESTEP_SPACINGS (see the module docstring).
@@ -151,6 +168,8 @@ def sample(
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+  if prediction not in PREDICTIONS:
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
   if timestep_spacing not in TIMESTEP_SPACINGS:
     raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
   if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not 0.0 <= eta <= 1.0:
@@ -169,7 +188,8 @@ def sample(
   # One XLA program for the coefficients and the loop: run eagerly, every small op on the [n + 1] grid would otherwise
   # be compiled on its own for each new n. Inside a caller's jit this inner jit is simply inlined.
   run = functools.partial(
-      _run, denoise_fn, schedule=schedule, sampler=sampler, times=times, eta=float(eta), stochastic=stochastic,
+      _run, denoise_fn, schedule=schedule, sampler=sampler, prediction=prediction, times=times, eta=float(eta),
+      stochastic=stochastic,
       return_trajectory=return_trajectory, self_condition=bool(self_condition))
   return jax.jit(run)(noise, key)
 
@@ -181,6 +201,7 @@ def _run(
     *,
     schedule: Schedule,
     sampler: str,
+    prediction: str,
     times: np.ndarray,
     eta: float,
     stochastic: bool,
@@ -200,8 +221,8 @@ def _run(
   c_post = -jnp.expm1(l_c - l_n)
   post_var = c_post * jnp.square(s_n)
 
-  if sampler == "ddim":
-    # z_n = alpha_n x_hat + sqrt(sigma_n^2 - std^2) eps_hat + std * noise, std = eta * posterior std.
+  if sampler in ("ddim", "euler"):
+    # z_n = alpha_n x_hat + sqrt(sigma_n^2 - std^2) eps_hat + std * noise, std = eta * posterior std ("euler": eta 0).
     std = eta * jnp.sqrt(post_var)
     coefs = dict(x=a_n, eps=jnp.sqrt(jnp.maximum(jnp.square(s_n) - jnp.square(std), 0.0)), std=std)
   elif sampler == "ddpm":
@@ -224,13 +245,13 @@ def _run(
     z, x_prev = carry
     i, t_i, alpha_i, sigma_i, co = xs
     t_batch = jnp.full((batch,), t_i, dtype)
-    v = denoise_fn(z, t_batch, x_prev) if self_condition else denoise_fn(z, t_batch)
-    if v.shape != z.shape:
-      raise ValueError(f"denoise_fn must return v_hat with the latent's shape {z.shape}, got {v.shape}")
-    v = v.astype(dtype)
-    x_hat = alpha_i * z - sigma_i * v
-    if sampler == "ddim":
-      eps_hat = sigma_i * z + alpha_i * v
+    pred = denoise_fn(z, t_batch, x_prev) if self_condition else denoise_fn(z, t_batch)
+    if pred.shape != z.shape:
+      raise ValueError(f"denoise_fn must return its prediction with the latent's shape {z.shape}, got {pred.shape}")
+    pred = pred.astype(dtype)
+    x_hat = x_from_prediction(z, pred, alpha_i, sigma_i, prediction)
+    if sampler in ("ddim", "euler"):
+      eps_hat = eps_from_prediction(z, pred, alpha_i, sigma_i, prediction)
       z_next = co["x"] * x_hat + co["eps"] * eps_hat
     elif sampler == "ddpm":
       z_next = co["x"] * x_hat + co["z"] * z

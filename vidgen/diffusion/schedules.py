@@ -1,20 +1,28 @@
 """Noise schedules in continuous time, expressed through the log signal-to-noise ratio.
 
-Time t runs over [0, 1]: t = 0 is clean data, t = 1 is (almost) pure noise. Every schedule is variance preserving,
+Time t runs over [0, 1]: t = 0 is clean data, t = 1 is (almost) pure noise. A schedule gives
 
-  z_t = alpha_t x + sigma_t eps,   alpha_t^2 + sigma_t^2 = 1,   logsnr(t) = log(alpha_t^2 / sigma_t^2),
+  z_t = alpha_t x + sigma_t eps,   logsnr(t) = log(alpha_t^2 / sigma_t^2),
 
-so alpha_t = sqrt(sigmoid(logsnr)) and sigma_t = sqrt(sigmoid(-logsnr)), and a schedule is fully described by its
-logsnr(t), which decreases monotonically in t. Schedules are small frozen (hashable) dataclasses, so they can be
-closed over or passed as static arguments to `jax.jit`.
+with logsnr decreasing monotonically in t. Two families:
+  variance preserving (LinearBetaSchedule, CosineSchedule): alpha_t^2 + sigma_t^2 = 1, so alpha_t = sqrt(sigmoid(
+    logsnr)) and sigma_t = sqrt(sigmoid(-logsnr)) and the schedule is fully described by its logsnr(t) (the base
+    class's `alpha_sigma`);
+  rectified flow (FlowSchedule): alpha_t + sigma_t = 1, z_t a straight line between x and eps, so alpha_t =
+    sigmoid(logsnr / 2) and sigma_t = sigmoid(-logsnr / 2).
+Samplers and losses only use (alpha, sigma, logsnr), so they work with either family. Schedules are small frozen
+(hashable) dataclasses, so they can be closed over or passed as static arguments to `jax.jit`.
 
 Public names:
-  Schedule: the base class; subclasses implement `logsnr(t)` and may override `alpha_sigma(t)` for accuracy.
+  Schedule: the base class; subclasses implement `logsnr(t)` and may override `alpha_sigma(t)` (which by default
+    assumes variance preservation).
   LinearBetaSchedule: DDPM's discrete linear-beta schedule (optionally rescaled to zero terminal SNR), continued to
     continuous t by interpolation; step k of the N discrete steps sits at t = (k + 1) / N.
   CosineSchedule: the cosine schedule written in logSNR, with an additive shift for resolution / length.
+  FlowSchedule: rectified flow, z_s = (1 - s) x + s eps, with the same additive logSNR shift.
   resolution_shift: the logSNR shift that keeps the noise "seen" by a larger image or video equal to that at a base
     size.
+  flow_shift_from_sd3: the logSNR shift equal to SD3's time-shift factor k.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ def _float_dtype(t) -> jnp.dtype:
 
 
 class Schedule(abc.ABC):
-  """A variance-preserving noise schedule over continuous time t in [0, 1].
+  """A noise schedule over continuous time t in [0, 1]: z_t = alpha_t x + sigma_t eps.
 
   Subclasses are frozen dataclasses. `num_train_steps` is the resolution of the integer timestep grid on which the
   samplers place their steps (see `vidgen.diffusion.samplers.sampling_times`); training samples continuous t.
@@ -58,7 +66,7 @@ class Schedule(abc.ABC):
     """
 
   def alpha_sigma(self, t: Array) -> tuple[Array, Array]:
-    """(alpha_t, sigma_t), each the shape of t, with alpha^2 + sigma^2 = 1.
+    """(alpha_t, sigma_t), each the shape of t; this default is variance preserving, alpha^2 + sigma^2 = 1.
 
     Computed through log-sigmoid so that logsnr = +-inf gives exactly (1, 0) / (0, 1) without NaNs.
     """
@@ -236,3 +244,68 @@ class CosineSchedule(Schedule):
     t_max = 2.0 / math.pi * math.atan(math.exp(-0.5 * self.logsnr_min))
     u = t_min + t * (t_max - t_min)
     return -2.0 * jnp.log(jnp.tan(0.5 * math.pi * u)) + jnp.asarray(self.shift, dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rectified flow.
+
+
+def flow_shift_from_sd3(k: float) -> float:
+  """The FlowSchedule shift equal to SD3's time shift s' = k s / (1 + (k - 1) s) (arXiv 2403.03206): -2 ln k.
+
+  SD3's map multiplies sigma / alpha = s / (1 - s) by k, i.e. adds -2 ln k to logsnr = 2 log(alpha / sigma). k > 1
+  (SD3 uses 3 at 1024^2) moves every t towards noise, as `resolution_shift` does for a larger sample.
+
+  Args:
+    k: SD3's shift factor, > 0; 1 is no shift.
+
+  Returns:
+    The shift, a Python float, for `FlowSchedule(shift=...)`.
+  """
+  if not k > 0:
+    raise ValueError(f"the SD3 shift factor must be > 0, got {k!r}")
+  return -2.0 * math.log(k)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSchedule(Schedule):
+  """Rectified flow (arXiv 2209.03003, 2403.03206): z_s = (1 - s) x + s eps, alpha + sigma = 1, not variance
+  preserving.
+
+  logsnr(t) = 2 log((1 - t) / t) + shift, so alpha = sigmoid(logsnr / 2) and sigma = sigmoid(-logsnr / 2); with
+  shift = 0 that is sigma = t, alpha = 1 - t. The shift has the meaning of `CosineSchedule.shift` (pass
+  `resolution_shift(...)` for a larger sample); SD3's time-shift factor k is shift = -2 ln k (`flow_shift_from_sd3`):
+  sigma(t) = t / (t + (1 - t) e^{shift / 2}). The schedule reaches clean data (logsnr = +inf) at t = 0 and pure noise
+  (logsnr = -inf) at t = 1 exactly, so it pairs with the flow prediction u = eps - x and "trailing" sampling grids.
+
+  Attributes:
+    shift: added to logSNR; 0 is the plain linear interpolation.
+    num_train_steps: resolution of the integer grid on which samplers place steps ("leading" / "linspace" spacing).
+  """
+
+  shift: float = 0.0
+  num_train_steps: int = 1000
+
+  def __post_init__(self):
+    if not math.isfinite(self.shift):
+      raise ValueError(f"shift must be finite, got {self.shift}")
+    if self.num_train_steps < 1:
+      raise ValueError(f"num_train_steps must be >= 1, got {self.num_train_steps}")
+
+  def logsnr(self, t: Array) -> Array:
+    """2 log((1 - t) / t) + shift: +inf at t = 0, -inf at t = 1."""
+    dtype = _float_dtype(t)
+    t = jnp.clip(jnp.asarray(t, dtype), 0.0, 1.0)
+    return 2.0 * (jnp.log1p(-t) - jnp.log(t)) + jnp.asarray(self.shift, dtype)
+
+  def alpha_sigma(self, t: Array) -> tuple[Array, Array]:
+    """(alpha, sigma) = ((1 - t) c, t) / (t + (1 - t) c) with c = e^{shift / 2}: sigmoid(+-logsnr / 2) written
+    without logs, so it is exactly (1, 0) at t = 0 and (0, 1) at t = 1, and exactly (1 - t, t) for shift = 0."""
+    dtype = _float_dtype(t)
+    t = jnp.clip(jnp.asarray(t, dtype), 0.0, 1.0)
+    if self.shift == 0.0:
+      return 1.0 - t, t
+    c = jnp.asarray(math.exp(0.5 * self.shift), dtype)
+    a = (1.0 - t) * c
+    denom = a + t
+    return a / denom, t / denom

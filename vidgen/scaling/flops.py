@@ -1,24 +1,29 @@
-"""Analytic cost of a VideoDiT: forward FLOPs per example and parameter counts.
+"""Analytic cost of a VideoDiT run: forward FLOPs per example, training FLOPs per step, and parameter counts.
 
 FLOPs count matrix multiplies only, 2 per multiply-add (the DiT paper's "Gflops" column counts a multiply-add once,
-so its numbers are half of these). Elementwise work (norms, softmax, GELU, modulation) is left out, as in the paper
-and in the usual `6 N D` accounting; it is a few percent at the sizes where compute matters.
+so its numbers are half of these). Elementwise work (norms, softmax, GELU, modulation, the optimizer and EMA updates)
+is left out, as in the paper and in the usual `6 N D` accounting; it is a few percent at the sizes where compute
+matters (tests/unit/test_scaling.py checks the count against XLA's cost analysis of the compiled training step).
 
-Training compute per example is ~3x the forward (forward + backward), 4x with full rematerialisation.
+Training compute per example is ~3x the forward (forward + backward); a rematerialised forward is not counted again
+(these are model FLOPs, what MFU divides by, not hardware FLOPs).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 from flax import nnx
 
 from vidgen.layers.attention import check_window
-from vidgen.layers.embeddings import token_grid
+from vidgen.layers.embeddings import SpacetimePosEmbed, token_grid
 from vidgen.models.dit import VideoDiT
 from vidgen.models.dit_config import DiTSpec
+from vidgen.models.text.frozen import text_encoder_kind
+from vidgen.models.text.small import SmallTextEncoder, validate_small_text_config
+
+PHASES = ("video", "image")
 
 
 def _window_tokens(kind: str, grid: Sequence[int], window: Sequence[int]) -> int:
@@ -87,9 +92,105 @@ def forward_flops(model_config: Mapping[str, Any] | DiTSpec, latent_shape: Seque
   return 2 * forward_macs(model_config, latent_shape, text_len)
 
 
-def param_count(model_config: Mapping[str, Any] | DiTSpec) -> int:
-  """Number of trainable parameters, computed abstractly (no weights are materialised)."""
+def text_encoder_forward_macs(text_config: Mapping[str, Any], text_len: int) -> int:
+  """Multiply-adds of one `SmallTextEncoder` forward pass on one caption (see `text_encoder_forward_flops`)."""
+  validate_small_text_config(text_config)
+  length, d = int(text_len), int(text_config["width"])
+  if not 1 <= length <= int(text_config["max_length"]):
+    raise ValueError(f"text_len must be in [1, max_length={text_config['max_length']}], got {text_len}")
+  hidden = int(d * float(text_config["mlp_ratio"]))
+  per_block = (4 * length * d * d          # q, k, v and output projections.
+               + 2 * length * length * d    # QK^T and AV over the caption.
+               + 2 * length * d * hidden)   # MLP.
+  return int(text_config["depth"]) * per_block
+
+
+def text_encoder_forward_flops(text_config: Mapping[str, Any], text_len: int) -> int:
+  """Forward FLOPs (2 per multiply-add) of the small text encoder trained with the DiT, on one caption.
+
+  Args:
+    text_config: a `small_text_config(...)` (`config.text` of a run with `text.encoder = "small"`).
+    text_len: caption tokens per example (the trainer pads every caption to `text.max_length`).
+
+  Returns:
+    FLOPs as an int: per block the qkv/out projections, attention over the caption and the MLP. The token and
+    position embeddings are lookups (0 FLOPs).
+  """
+  return 2 * text_encoder_forward_macs(text_config, text_len)
+
+
+def train_flops_per_step(config: Mapping[str, Any], phase: str) -> int:
+  """Model FLOPs of one training step of a DiT run config (what `DiTTrainer` logs and MFU divides by).
+
+  Per example: 3 x the DiT forward (forward + backward) on the phase's latent grid, + 1 forward for
+  self-conditioning's gradient-free first pass, + 3 x the forward of a small text encoder trained jointly
+  (`conditioning = "text"`, `text.encoder = "small"`; a frozen encoder's embeddings are precomputed in the latent
+  cache and cost the step nothing). Times `batch_size`: gradient accumulation splits the batch, not the work.
+  Matmuls only (see the module docstring): the optimizer and EMA updates (O(params), a few tens of FLOPs per
+  parameter) are left out like the other elementwise work.
+
+  Args:
+    config: a DiT run config (`config.dit`, `config.batch_size`, `config.conditioning`, `config.text`).
+    phase: "video" (the latent grid `dit.input_size`) or "image" (one latent frame of it).
+
+  Returns:
+    FLOPs of one step over the whole global batch, as an int.
+  """
+  if phase not in PHASES:
+    raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+  spec = DiTSpec.from_config(config["dit"])
+  grid = (1, *spec.input_size[1:]) if phase == "image" else tuple(spec.input_size)
+  captions = config["conditioning"] == "text"
+  text_len = int(config["text"]["max_length"]) if captions else 0
+  dit_passes = 4 if spec.self_condition else 3
+  per_example = dit_passes * forward_flops(spec, grid, text_len)
+  if captions and text_encoder_kind(config["text"]) == "small":
+    per_example += 3 * text_encoder_forward_flops(config["text"], text_len)
+  return int(config["batch_size"]) * per_example
+
+
+def _counts(model: nnx.Module) -> dict[str, int]:
+  """{"total", "non_embedding"} parameters of an (abstract) module; lookup tables are the embedding part."""
+  lookups = [tuple(path) for path, node in nnx.iter_graph(model) if isinstance(node, (nnx.Embed, SpacetimePosEmbed))]
+  total = embedding = 0
+  for path, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    size = int(np.prod(param.shape))
+    total += size
+    # A learned position table held directly as a Param (the text encoder's `pos_embed`) is a lookup too.
+    if path[-1] == "pos_embed" or any(path[:len(m)] == m for m in lookups):
+      embedding += size
+  return {"total": total, "non_embedding": total - embedding}
+
+
+def param_counts(model_config: Mapping[str, Any] | DiTSpec) -> dict[str, int]:
+  """Trainable parameters of a VideoDiT, total and non-embedding, computed abstractly (nothing is materialised).
+
+  Non-embedding as in Kaplan et al. (arXiv 2001.08361): every parameter except lookup tables, which cost no FLOPs:
+  learned position tables (`pos_embedding = "learned"`; sin-cos positions have no parameters) and the class-label
+  table. Everything a matmul reads counts, including the patch embedding, the timestep MLP and the final layer.
+
+  Args:
+    model_config: a VideoDiT config (`config.dit`) or `DiTSpec`.
+
+  Returns:
+    {"total": int, "non_embedding": int}.
+  """
   spec = DiTSpec.from_config(model_config)
-  model = nnx.eval_shape(lambda: VideoDiT(spec, rngs=nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)))
+  return _counts(nnx.eval_shape(lambda: VideoDiT(spec, rngs=nnx.Rngs(0))))
+
+
+def text_encoder_param_counts(text_config: Mapping[str, Any]) -> dict[str, int]:
+  """Trainable parameters of a `SmallTextEncoder`, total and non-embedding (abstractly, as `param_counts`).
+
+  Args:
+    text_config: a `small_text_config(...)`.
+
+  Returns:
+    {"total": int, "non_embedding": int}; the token and position tables are the embedding part.
+  """
+  return _counts(nnx.eval_shape(lambda: SmallTextEncoder(text_config, rngs=nnx.Rngs(0))))
+
+
+def param_count(model_config: Mapping[str, Any] | DiTSpec) -> int:
+  """Number of trainable parameters of a VideoDiT (`param_counts(model_config)["total"]`)."""
+  return param_counts(model_config)["total"]

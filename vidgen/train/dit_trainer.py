@@ -1,11 +1,13 @@
 """Latent DiT training: a VideoDiT (and, for captions, a small text encoder trained with it) on a frozen VAE's latents.
 
 The trainer reads a latent cache (`vidgen.data.latent_cache`) that `vidgen.train.stages` built with the run's VAE;
-it never trains or loads anything itself. Per step: v-prediction loss on normalized latents
-z = (mean + std * eps - shift) / scale, guidance dropout of the class / caption, an EMA of the weights, and joint
-image + video training (the first `data.image_first` batches and every `data.image_every`-th batch are 1-frame
-latents). Samples for `config.sampling.prompts` go to `workdir/samples/`; the last evaluation runs the data source's
-own evaluation (for the embedded shapes: prompt-following on seen and held-out combinations, `workdir/eval.json`).
+it never trains or loads anything itself. Per step: the objective's loss (`config.diffusion.objective`: v-prediction
+or rectified flow) on normalized latents z = (mean + std * eps - shift) / scale, guidance dropout of the class /
+caption, an EMA of the weights, and joint image + video training (the first `data.image_first` batches and every
+`data.image_every`-th batch are 1-frame latents). Every evaluation writes samples for `config.sampling.prompts` to
+`workdir/samples/` and, with `eval.val_clips`, logs the fixed-noise validation loss (`vidgen.train.validation`); the
+last also runs the data source's own evaluation (for the embedded shapes: prompt-following on seen and held-out
+combinations, `workdir/eval.json`).
 
 Conditioning (`config.conditioning`): "text" (captions through cross-attention: with `config.text.encoder = "small"`
 a `SmallTextEncoder` trained with the DiT; with "hf" a frozen pretrained T5 / UMT5 / CLIP whose caption embeddings are
@@ -36,8 +38,10 @@ from vidgen.models.vae import SpacetimeVAE, latent_grid
 from vidgen.parallel import axis_rules, state_shardings
 from vidgen.pipeline import VideoPipeline
 from vidgen.runs import dit_models
-from vidgen.scaling import forward_flops
+from vidgen.scaling import train_flops_per_step
 from vidgen.train.optim import make_optimizer, optimizer_state_shardings, validate_optimizer_config
+from vidgen.train.validation import (VALIDATION_DEFAULTS, ValidationLoss, validate_validation_config,
+                                     without_validation_fields)
 
 CONDITIONINGS = ("text", "class", "none")
 
@@ -57,7 +61,8 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
   validate_optimizer_config(config.optimizer)
   spec = DiTSpec.from_config(config.dit)
   source = get_source(config.data)
-  source.validate_eval(config)
+  source.validate_eval(without_validation_fields(config))
+  validate_validation_config(config)
   if config.conditioning == "text":
     validate_text_config(config.text)
     width = text_width(config.text)
@@ -114,9 +119,11 @@ class DiTTrainer:
   """A latent VideoDiT on a built latent cache (see the module docstring); `config` validated by `validate_config`."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str, *,
-               vae: SpacetimeVAE, cache: LatentCache, text_encoder: Any = None):
+               vae: SpacetimeVAE, cache: LatentCache, text_encoder: Any = None,
+               validation: dict[str, np.ndarray] | None = None):
     """`text_encoder`: the frozen encoder of a `config.text.encoder = "hf"` run (its caption embeddings are in the
-    cache; sampling during training encodes prompts with it)."""
+    cache; sampling during training encodes prompts with it). `validation`: the validation set stored beside the
+    cache (`stages.load_validation_set`), for the validation loss logged at every evaluation."""
     self.config, self.mesh, self.workdir, self.vae, self.cache = config, mesh, workdir, vae, cache
     self.text_encoder = text_encoder
     self.frozen_text = config.conditioning == "text" and text_encoder_kind(config.text) == "hf"
@@ -124,7 +131,8 @@ class DiTTrainer:
     self.latent_shift = np.asarray(vae.latent_shift[...])
     self.latent_scale = np.asarray(vae.latent_scale[...])
     self.spec = DiTSpec.from_config(config.dit)
-    self.schedule = diffusion.schedule_from_config(config.diffusion)
+    self.objective = diffusion.objective_from_config(config.diffusion)
+    self.schedule = self.objective.schedule
     self.source = get_source(config.data)
     self.tokenizer = (self.source.caption_tokenizer(config.text.max_length)
                       if config.conditioning == "text" and not self.frozen_text else None)
@@ -133,6 +141,7 @@ class DiTTrainer:
       self.graphs[name], params[name] = nnx.split(module, nnx.Param)
     self._param_shardings = {name: state_shardings(p, self.rules, mesh).to_pure_dict() for name, p in params.items()}
     self.optimizer = make_optimizer(config.optimizer, config.total_steps)
+    self.validation_loss = self._validation_loss(validation) if validation is not None else None
 
   # -- state -------------------------------------------------------------------------------------------------------
 
@@ -149,12 +158,8 @@ class DiTTrainer:
     return DiTState(step=rep, params=self._param_shardings, ema_params=self._param_shardings, opt_state=opt)
 
   def model_flops_per_step(self, phase: str) -> int:
-    """Training FLOPs of one step from `vidgen.scaling`: 3 x forward (forward + backward) per example, plus the
-    gradient-free first pass of self-conditioning; image steps at their 1-frame size."""
-    text_len = self.config.text.max_length if self.config.conditioning == "text" else 0
-    grid = (1, *self.spec.input_size[1:]) if phase == "image" else tuple(self.spec.input_size)
-    passes = 4 if self.spec.self_condition else 3
-    return passes * self.config.batch_size * forward_flops(self.spec, grid, text_len)
+    """Training FLOPs of one step of `phase` ("video" or "image"): `vidgen.scaling.train_flops_per_step`."""
+    return train_flops_per_step(self.config, phase)
 
   # -- data --------------------------------------------------------------------------------------------------------
 
@@ -210,7 +215,7 @@ class DiTTrainer:
     # changes the memory footprint, not the result.
     mean = batch.pop("mean")
     z = mean + batch.pop("std") * jax.random.normal(k_z, mean.shape)
-    batch.update(x=(z - self.latent_shift) / self.latent_scale, t=diffusion.sample_t(k_t, mean.shape[0]),
+    batch.update(x=(z - self.latent_shift) / self.latent_scale, t=self.objective.sample_t(k_t, mean.shape[0]),
                  eps=jax.random.normal(k_eps, mean.shape),
                  drop=jax.random.bernoulli(k_drop, cfg.diffusion.guidance_dropout, (mean.shape[0],)))
     if self.spec.self_condition:
@@ -225,11 +230,8 @@ class DiTTrainer:
       denoise = lambda z_t, t: dit(z_t, t, cond)
       if self.spec.self_condition:
         denoise = diffusion.self_conditioned(lambda z_t, t, x_prev: dit(z_t, t, cond.replace(self_cond=x_prev)),
-                                             self.schedule, micro["self_cond"])
-      per_example = diffusion.v_loss(denoise, micro["x"], k_eps, self.schedule,
-                                     weighting=cfg.diffusion.get("weighting", "v_mse"),
-                                     gamma=cfg.diffusion.get("min_snr_gamma", 5.0),
-                                     t=micro["t"], eps=micro["eps"])
+                                             self.schedule, micro["self_cond"], self.objective.prediction)
+      per_example = self.objective.loss(denoise, micro["x"], k_eps, t=micro["t"], eps=micro["eps"])
       return jnp.mean(per_example)
 
     steps = cfg.get("grad_accum_steps", 1)
@@ -262,8 +264,42 @@ class DiTTrainer:
     networks = {name: (graph, params[name]) for name, graph in self.graphs.items()}
     return VideoPipeline(self.config, networks, self.vae, mesh=self.mesh, text_encoder=self.text_encoder)
 
+  def _validation_loss(self, validation: dict[str, np.ndarray]) -> ValidationLoss:
+    """The validation loss (vidgen.train.validation) of this run's objective on `validation`, conditioned on each
+    clip's own caption or class (never dropped)."""
+    e = {**VALIDATION_DEFAULTS, **self.config.eval}
+    x = (validation["mean"] - self.latent_shift) / self.latent_scale
+    inputs = {}
+    if self.config.conditioning == "class":
+      inputs["label"] = validation["label"]
+    elif self.frozen_text:
+      inputs["text"], inputs["mask"] = validation["text"], validation["text_mask"]
+    elif self.tokenizer is not None:
+      inputs["ids"], inputs["mask"] = self.tokenizer(list(validation["caption"]))
+
+    def loss_fn(params, x, t, eps, inputs):
+      with axis_rules(self.mesh, self.rules):
+        dit = nnx.merge(self.graphs["dit"], params["dit"])
+        cond = self.conditioning(params, inputs)
+        denoise = lambda z_t, t: dit(z_t, t, cond)
+        if self.spec.self_condition:  # the second, self-conditioned pass, as sampling uses the model
+          denoise = diffusion.self_conditioned(lambda z_t, t, x_prev: dit(z_t, t, cond.replace(self_cond=x_prev)),
+                                               self.schedule, jnp.ones(x.shape[:1], bool),
+                                               prediction=self.objective.prediction)
+        return self.objective.loss(denoise, x, jax.random.key(0), t=t, eps=eps)
+
+    return ValidationLoss(x.astype(np.float32), inputs, loss_fn, self.objective, num_times=e["val_timesteps"],
+                          batch_size=e["val_batch"], seed=e["val_seed"], mesh=self.mesh)
+
   def evaluate(self, state: DiTState, step: int) -> dict[str, float]:
-    """Writes sample videos for `config.sampling.prompts`; at the last step also runs the data source's evaluation."""
+    """Writes sample videos for `config.sampling.prompts` and, with a validation set, logs the validation loss
+    (`val_loss`, `val_loss_se`; `val_loss_ema`, `val_loss_ema_se` with `eval.val_ema`); at the last step also runs
+    the data source's evaluation."""
+    metrics = {}
+    if self.validation_loss is not None:
+      metrics["val_loss"], metrics["val_loss_se"] = self.validation_loss(state.params)
+      if self.config.eval.get("val_ema", False):
+        metrics["val_loss_ema"], metrics["val_loss_ema_se"] = self.validation_loss(state.ema_params)
     pipe = self.pipeline(state)
     prompts = list(self.config.sampling.prompts)
     videos = pipe(prompts, seed=self.config.sampling.seed, **pipe.sampling_defaults())
@@ -274,8 +310,8 @@ class DiTTrainer:
       with open(name + ".txt", "w") as f:
         f.write("\n".join(prompts) + "\n")
     if step < self.config.total_steps or not self.config.eval.at_end:
-      return {}
-    return {f"eval_{k}": v for k, v in self.source.evaluate(pipe, self.config, self.workdir).items()}
+      return metrics
+    return {**metrics, **{f"eval_{k}": v for k, v in self.source.evaluate(pipe, self.config, self.workdir).items()}}
 
   def finalize(self, state: DiTState) -> DiTState:
     return state

@@ -182,6 +182,7 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
   config_dict = json.loads(config.to_json_best_effort())
   metrics: dict[str, Any] = {}
   logged_skips = skipped_updates
+  interval: list[float | None] = []
   watcher = PreemptionWatcher()
   try:
     while step < config.total_steps:
@@ -193,8 +194,10 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
         lowered = train_step.lower(state, batch, counters, phase)
         executables[variant] = (lowered.compile(), flops_per_step(trainer, phase, lowered))
         writer.reset_timer(step)
+        interval = []
       executable, flops = executables[variant]
       state, metrics, counters = executable(state, batch, counters)
+      interval.append(flops)  # the FLOPs of every step the writer's next timed interval covers (phases differ)
       step += 1
       is_last = step == config.total_steps
       preempted = watcher.reached(step) and not is_last
@@ -213,7 +216,9 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
           _check_finite(step, host_metrics)
         if do_eval:
           host_metrics.update(trainer.evaluate(state, step))
-        writer.write(step, host_metrics, model_flops_per_step=flops)
+        mean_flops = None if None in interval else sum(interval) / len(interval)
+        writer.write(step, host_metrics, model_flops_per_step=mean_flops)
+        interval = []
       if is_last:
         state = trainer.finalize(state)
       if do_ckpt:
@@ -228,6 +233,7 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
       if do_eval or do_ckpt:
         jax.block_until_ready(metrics)
         writer.reset_timer(step)  # evaluation / checkpoint time is not step time
+        interval = []
   finally:
     getattr(iterator, "close", lambda: None)()  # decoding worker processes
     watcher.close()

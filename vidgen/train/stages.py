@@ -4,6 +4,7 @@
     trainer "vae":  the VAE                                                              -> workdir
     trainer "dit":  1. its VAE: config.vae_workdir, or config.vae_stage trained into      -> workdir/vae
                     2. the latent cache: config.data.cache_clips training clips encoded   -> workdir/latents
+                       (and config.eval.val_clips validation clips beside them, for the validation loss)
                     3. the DiT on that cache                                              -> workdir
 
 Each stage is skipped when its output exists, so the same command resumes wherever a run stopped. Every config
@@ -20,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -80,6 +82,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     mesh = make_mesh(dict(config.mesh))
     return loop.run(vae_trainer.VAETrainer(config, mesh, workdir), config, mesh, workdir)
 
+  mesh, vae, cache, text_encoder = prepare(config, workdir)
+  log("stage 3/3: training the DiT")
+  trainer = dit_trainer.DiTTrainer(config, mesh, workdir, vae=vae, cache=cache, text_encoder=text_encoder,
+                                   validation=load_validation_set(config, cache))
+  return loop.run(trainer, config, mesh, workdir)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str
+            ) -> tuple[jax.sharding.Mesh, SpacetimeVAE, LatentCache, Any]:
+  """Stages 1 and 2 of a validated DiT config: (mesh, trained VAE, latent cache, frozen text encoder or None).
+
+  A sweep calls this once to build the VAE and cache its points share.
+  """
   vae_dir = runs.vae_workdir(config, workdir)
   if not config.vae_workdir and not runs.is_finished(vae_dir):
     log(f"stage 1/3: training the VAE in {vae_dir}")
@@ -93,9 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     log(f"loading the frozen text encoder {config.text.path}")
     text_encoder = load_frozen_text_encoder(config.text)
   cache = latent_cache(config, workdir, vae, vae_step, mesh, text_encoder)
-  log("stage 3/3: training the DiT")
-  trainer = dit_trainer.DiTTrainer(config, mesh, workdir, vae=vae, cache=cache, text_encoder=text_encoder)
-  return loop.run(trainer, config, mesh, workdir)
+  return mesh, vae, cache, text_encoder
 
 
 PATH_FIELDS = (("data", "path"), ("data", "eval_path"), ("data", "data_dir"), ("data", "cache_dir"), ("text", "path"),
@@ -155,10 +168,6 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
                  "data": {**source.fingerprint(), "clips": d.cache_clips}}
   if text_encoder is not None:
     fingerprint["text"] = text_fingerprint(config.text)
-  if LatentCache.exists(directory):
-    log(f"stage 2/3: using the latent cache {directory}")
-    return LatentCache.open(directory, fingerprint)
-  log(f"stage 2/3: encoding {d.cache_clips} clips into the latent cache {directory}")
   rules = tuple(tuple(r) for r in config.sharding_rules)
   shard_index, shard_count = batch_shard(mesh, d.cache_batch)
   video_sharding = batch_sharding(mesh, 5)
@@ -178,17 +187,64 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
   text_fn = None
   if text_encoder is not None:
     text_fn = lambda captions: encode_captions(text_encoder, captions, config.text.max_length)
-  batches = source.iterator("train", global_batch=d.cache_batch, shard_index=shard_index, shard_count=shard_count)
   barrier = lambda name: None
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     barrier = lambda name: multihost_utils.sync_global_devices(name)
-  try:
-    LatentCache.build(directory, fingerprint=fingerprint, batches=batches,
-                      num_batches=-(-d.cache_clips // d.cache_batch),
-                      encode_fn=encode_fn, text_fn=text_fn, shard_index=shard_index, shard_count=shard_count,
-                      is_main=jax.process_index() == 0, barrier=barrier, log=log)
-  finally:
-    getattr(batches, "close", lambda: None)()
-  return LatentCache.open(directory, fingerprint)
+  if LatentCache.exists(directory):
+    log(f"stage 2/3: using the latent cache {directory}")
+  else:
+    log(f"stage 2/3: encoding {d.cache_clips} clips into the latent cache {directory}")
+    batches = source.iterator("train", global_batch=d.cache_batch, shard_index=shard_index, shard_count=shard_count)
+    try:
+      LatentCache.build(directory, fingerprint=fingerprint, batches=batches,
+                        num_batches=-(-d.cache_clips // d.cache_batch),
+                        encode_fn=encode_fn, text_fn=text_fn, shard_index=shard_index, shard_count=shard_count,
+                        is_main=jax.process_index() == 0, barrier=barrier, log=log)
+    finally:
+      getattr(batches, "close", lambda: None)()
+  cache = LatentCache.open(directory, fingerprint)  # the fingerprint is checked before anything is added beside it
+  if config.get("eval", {}).get("val_clips", 0):
+    _validation_set(config, directory, source, encode_fn, text_fn, shard_index, shard_count, barrier)
+  return cache
+
+
+def _validation_set(config, directory, source, encode_fn, text_fn, shard_index, shard_count, barrier) -> None:
+  """Encodes the first `eval.val_clips` clips of the data source's validation split into DIR/validation_N.npz
+  (posterior means; captions, labels and, with a frozen text encoder, caption embeddings), unless it exists."""
+  n, batch = config.eval.val_clips, config.data.cache_batch
+  path = os.path.join(directory, f"validation_{n}.npz")
+  if os.path.exists(path):
+    return
+  log(f"encoding {n} validation clips into {path}")
+  clips = source.clips("validation", n)
+  local = batch // shard_count
+  means = []
+  for start in range(0, n, batch):
+    video = clips["video"][start:start + batch]
+    video = np.concatenate([video, np.repeat(video[-1:], batch - len(video), axis=0)])  # a whole last batch
+    mean, _ = encode_fn(video[shard_index * local:(shard_index + 1) * local])
+    if jax.process_count() > 1:  # every process's rows, placed by shard (shards fed by two processes count once)
+      rows = multihost_utils.process_allgather(mean)
+      owners = multihost_utils.process_allgather(np.int32(shard_index))
+      mean = np.concatenate([rows[list(owners).index(i)] for i in range(shard_count)])
+    means.append(np.asarray(mean)[:min(batch, n - start)])
+  arrays = {"mean": np.concatenate(means).astype(np.float32),
+            "label": np.asarray(clips.get("label", np.full(n, -1)), np.int32),
+            "caption": np.asarray(clips.get("caption", [""] * n)).astype(str)}
+  if text_fn is not None:
+    arrays["text"], arrays["text_mask"] = text_fn(list(arrays["caption"]))
+    arrays["text"] = arrays["text"].astype(np.float16)
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    np.savez(path + ".tmp.npz", **arrays)
+    os.replace(path + ".tmp.npz", path)
+  barrier("validation_set")
+
+
+def load_validation_set(config: ml_collections.ConfigDict, cache: LatentCache) -> dict[str, np.ndarray] | None:
+  """The validation set stored beside `cache` (None when `config.eval.val_clips` is 0)."""
+  n = config.get("eval", {}).get("val_clips", 0)
+  if not n:
+    return None
+  with np.load(os.path.join(cache.directory, f"validation_{n}.npz"), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}

@@ -6,8 +6,9 @@ file reads as one uninterrupted run.
 
 Throughput fields of every record: `steps_per_sec` and `step_time_s` (the mean over the steps since the previous record;
 the loop restarts the clock after compiles, evaluations and checkpoints, so they are pure step time),
-`model_flops_per_step` (FLOPs of one step over all devices), `tflops_per_device` (achieved) and `mfu` (achieved / peak,
-only when the peak is known: `config.peak_tflops_per_device` or the table below; never on CPU).
+`model_flops_per_step` (the mean FLOPs of those steps, over all devices: image and video steps differ),
+`tflops_per_device` (achieved) and `mfu` (achieved / peak, only when the peak is known: `config.peak_tflops_per_device`
+or the table below; never on CPU).
 """
 
 from __future__ import annotations
