@@ -12,6 +12,7 @@ import pytest
 
 from vidgen import diffusion
 from vidgen.config import load_config_file
+from vidgen.errors import ConfigError
 from vidgen.scaling.family import family_member, family_table
 from vidgen.scaling.sweep import expand, point_result, training_compute, validate_sweep
 from vidgen.train.sweep import Sweep
@@ -31,9 +32,9 @@ def test_family_ties_width_and_heads_to_depth():
     member = family_member(base, depth, aspect=8, head_width=16)
     assert (member.depth, member.width, member.num_heads) == (depth, 8 * depth, depth // 2)
     assert member.patch_size == base.patch_size and member.attention_pattern == base.attention_pattern
-  with pytest.raises(ValueError, match="multiple of the attention pattern's length 2"):
+  with pytest.raises(ConfigError, match="multiple of the attention pattern's length 2"):
     family_member(base, 5, aspect=8, head_width=16)
-  with pytest.raises(ValueError, match="does not split into heads"):
+  with pytest.raises(ConfigError, match="does not split into heads"):
     family_member(base, 4, aspect=6, head_width=16)
 
 
@@ -73,6 +74,8 @@ def test_isoflop_points_spend_their_budget():
   narrow = expand(ml_collections.ConfigDict(dict(sizes=(4, 6, 8), budgets=(2e12,), min_steps=500, max_steps=1000)),
                   _config)
   assert [p.depth for p in narrow] == [6]
+  with pytest.raises(ValueError, match="every IsoFLOP point falls outside"):
+    expand(ml_collections.ConfigDict(dict(sizes=(4,), budgets=(2e12,), min_steps=1, max_steps=10)), _config)
 
 
 def test_grid_and_extra_points():
@@ -137,3 +140,32 @@ def test_validation_times_are_quantiles_of_the_training_distribution():
   # Each grid point sits at its quantile of the distribution the model is trained on.
   for q in (0.1, 0.5, 0.9):
     assert np.quantile(draws, q) == pytest.approx(times[int(q * 1000)], abs=0.01)
+
+
+def test_validation_loss_is_fixed_and_averages_clips_over_the_time_grid():
+  import jax
+  import jax.numpy as jnp
+
+  from vidgen.parallel import make_mesh
+  from vidgen.train.validation import ValidationLoss
+
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((6, 2, 3)).astype(np.float32)
+  labels = np.arange(6, dtype=np.int32)
+
+  def loss_fn(w, x, t, eps, inputs):  # a stand-in objective: per-example squared error of a scaled "denoiser"
+    return jnp.mean((w * x - t[:, None, None] * eps) ** 2, axis=(1, 2)) + 0.01 * inputs["label"]
+
+  objective = diffusion.Objective(schedule=diffusion.CosineSchedule())
+  val = ValidationLoss(x, {"label": labels}, loss_fn, objective, num_times=3, batch_size=2, seed=7,
+                       mesh=make_mesh({"data": 1}))
+  mean, se = val(jnp.float32(0.5))
+  assert (mean, se) == val(jnp.float32(0.5))  # the same noise, times and clips at every call
+  # By hand: each clip's loss averaged over the 3 times, then the mean and standard error over the 6 clips.
+  noise = np.random.default_rng(7).standard_normal((3, *x.shape), dtype=np.float32)
+  times = np.array([1 / 6, 1 / 2, 5 / 6])
+  per_clip = np.mean([np.mean((0.5 * x - t * n) ** 2, axis=(1, 2)) + 0.01 * labels for t, n in zip(times, noise)],
+                     axis=0)
+  assert mean == pytest.approx(per_clip.mean(), rel=1e-5)
+  assert se == pytest.approx(per_clip.std(ddof=1) / np.sqrt(6), rel=1e-4)
+  assert val(jnp.float32(1.0))[0] != pytest.approx(mean)  # it can tell two models apart

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from vidgen.errors import ConfigError
 from vidgen.scaling.flops import param_counts, train_flops_per_step
 
 
@@ -26,15 +27,15 @@ def family_member(dit_config: ml_collections.ConfigDict, depth: int, aspect: int
                   ) -> ml_collections.ConfigDict:
   """A copy of `dit_config` with depth `depth`, width `aspect * depth` and `width / head_width` heads.
 
-  Raises ValueError when depth is not a positive multiple of the attention pattern's length (each super-block holds
+  Raises ConfigError when depth is not a positive multiple of the attention pattern's length (each super-block holds
   one layer of every kind in the pattern) or when a width would not split into whole heads.
   """
   pattern = len(dit_config.attention_pattern)
   if not isinstance(depth, int) or depth < 1 or depth % pattern:
-    raise ValueError(f"depth={depth!r}: a family member's depth must be a positive multiple of the attention "
+    raise ConfigError(f"depth={depth!r}: a family member's depth must be a positive multiple of the attention "
                      f"pattern's length {pattern} ({tuple(dit_config.attention_pattern)})")
   if aspect < 1 or head_width < 1 or (aspect * depth) % head_width:
-    raise ValueError(f"width = aspect x depth = {aspect} x {depth} = {aspect * depth} does not split into heads of "
+    raise ConfigError(f"width = aspect x depth = {aspect} x {depth} = {aspect * depth} does not split into heads of "
                      f"head_width={head_width}")
   member = ml_collections.ConfigDict(dit_config.to_dict())
   member.update(depth=depth, width=aspect * depth, num_heads=aspect * depth // head_width)

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from vidgen.data.latent_cache import is_image_batch
+from vidgen.errors import ConfigError
 from vidgen.layers.embeddings import token_grid
 from vidgen.models.dit_config import DiTSpec
 from vidgen.scaling.flops import forward_flops, param_counts, train_flops_per_step
@@ -86,22 +87,22 @@ def _name(text: str) -> str:
 
 
 def validate_sweep(sweep: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field for an unknown field or a sweep that defines no point."""
+  """Raises ConfigError (a ValueError) naming the field for an unknown field or a sweep that defines no point."""
   unknown = sorted(set(sweep) - set(SWEEP_FIELDS))
   if unknown:
-    raise ValueError(f"sweep: unknown fields {unknown}; allowed: {list(SWEEP_FIELDS)}")
+    raise ConfigError(f"sweep: unknown fields {unknown}; allowed: {list(SWEEP_FIELDS)}")
   sizes = tuple(sweep.get("sizes", ()))
   if any(not isinstance(s, int) or s < 1 for s in sizes):
-    raise ValueError(f"sweep.sizes: depths must be positive integers, got {sizes}")
+    raise ConfigError(f"sweep.sizes: depths must be positive integers, got {sizes}")
   if any(float(c) <= 0 for c in sweep.get("budgets", ())):
-    raise ValueError(f"sweep.budgets: FLOPs budgets must be > 0, got {tuple(sweep.budgets)}")
+    raise ConfigError(f"sweep.budgets: FLOPs budgets must be > 0, got {tuple(sweep.budgets)}")
   lo, hi = int(sweep.get("min_steps", 1)), int(sweep.get("max_steps", 10 ** 9))
   if not 1 <= lo <= hi:
-    raise ValueError(f"sweep.min_steps / max_steps: need 1 <= min_steps <= max_steps, got {lo}, {hi}")
+    raise ConfigError(f"sweep.min_steps / max_steps: need 1 <= min_steps <= max_steps, got {lo}, {hi}")
   if (sweep.get("budgets") or sweep.get("grid_steps")) and not sizes:
-    raise ValueError("sweep.sizes: IsoFLOP profiles and grids need at least one size")
+    raise ConfigError("sweep.sizes: IsoFLOP profiles and grids need at least one size")
   if not (sweep.get("budgets") or sweep.get("grid_steps") or sweep.get("extra")):
-    raise ValueError("sweep: defines no point (give budgets, grid_steps or extra)")
+    raise ConfigError("sweep: defines no point (give budgets, grid_steps or extra)")
 
 
 def expand(sweep: ml_collections.ConfigDict, make_config: Callable[[str], ml_collections.ConfigDict],
@@ -143,10 +144,13 @@ def expand(sweep: ml_collections.ConfigDict, make_config: Callable[[str], ml_col
     config = make_config(_join(arg, extra))
     points.append(point("extra", _name(f"extra_{extra}"), _join(arg, extra), None, int(config.dit.depth),
                         int(config.total_steps)))
+  if not points:
+    raise ConfigError(f"sweep: every IsoFLOP point falls outside [min_steps, max_steps] = [{lo}, {hi}]; widen the "
+                     "range, or change the budgets or sizes")
   names = [p.name for p in points]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
-    raise ValueError(f"sweep: points {duplicates} appear twice (a budget or extra repeated?)")
+    raise ConfigError(f"sweep: points {duplicates} appear twice (a budget or extra repeated?)")
   return points
 
 

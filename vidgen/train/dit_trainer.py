@@ -5,7 +5,7 @@ it never trains or loads anything itself. Per step: the objective's loss (`confi
 or rectified flow) on normalized latents z = (mean + std * eps - shift) / scale, guidance dropout of the class /
 caption, an EMA of the weights, and joint image + video training (the first `data.image_first` batches and every
 `data.image_every`-th batch are 1-frame latents). Every evaluation writes samples for `config.sampling.prompts` to
-`workdir/samples/` and, with `eval.val_clips`, logs the fixed-noise validation loss (`vidgen.train.validation`); the
+`workdir/samples/` and, with `validation.clips`, logs the fixed-noise validation loss (`vidgen.train.validation`); the
 last also runs the data source's own evaluation (for the embedded shapes: prompt-following on seen and held-out
 combinations, `workdir/eval.json`).
 
@@ -40,8 +40,7 @@ from vidgen.pipeline import VideoPipeline
 from vidgen.runs import dit_models
 from vidgen.scaling import train_flops_per_step
 from vidgen.train.optim import make_optimizer, optimizer_state_shardings, validate_optimizer_config
-from vidgen.train.validation import (VALIDATION_DEFAULTS, ValidationLoss, validate_validation_config,
-                                     without_validation_fields)
+from vidgen.train.validation import ValidationLoss, validate_validation_config, validation_settings
 
 CONDITIONINGS = ("text", "class", "none")
 
@@ -61,7 +60,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
   validate_optimizer_config(config.optimizer)
   spec = DiTSpec.from_config(config.dit)
   source = get_source(config.data)
-  source.validate_eval(without_validation_fields(config))
+  source.validate_eval(config)
   validate_validation_config(config)
   if config.conditioning == "text":
     validate_text_config(config.text)
@@ -267,7 +266,7 @@ class DiTTrainer:
   def _validation_loss(self, validation: dict[str, np.ndarray]) -> ValidationLoss:
     """The validation loss (vidgen.train.validation) of this run's objective on `validation`, conditioned on each
     clip's own caption or class (never dropped)."""
-    e = {**VALIDATION_DEFAULTS, **self.config.eval}
+    v = validation_settings(self.config)
     x = (validation["mean"] - self.latent_shift) / self.latent_scale
     inputs = {}
     if self.config.conditioning == "class":
@@ -288,17 +287,17 @@ class DiTTrainer:
                                                prediction=self.objective.prediction)
         return self.objective.loss(denoise, x, jax.random.key(0), t=t, eps=eps)
 
-    return ValidationLoss(x.astype(np.float32), inputs, loss_fn, self.objective, num_times=e["val_timesteps"],
-                          batch_size=e["val_batch"], seed=e["val_seed"], mesh=self.mesh)
+    return ValidationLoss(x.astype(np.float32), inputs, loss_fn, self.objective, num_times=v["timesteps"],
+                          batch_size=v["batch"], seed=v["seed"], mesh=self.mesh)
 
   def evaluate(self, state: DiTState, step: int) -> dict[str, float]:
     """Writes sample videos for `config.sampling.prompts` and, with a validation set, logs the validation loss
-    (`val_loss`, `val_loss_se`; `val_loss_ema`, `val_loss_ema_se` with `eval.val_ema`); at the last step also runs
+    (`val_loss`, `val_loss_se`; `val_loss_ema`, `val_loss_ema_se` with `validation.ema`); at the last step also runs
     the data source's evaluation."""
     metrics = {}
     if self.validation_loss is not None:
       metrics["val_loss"], metrics["val_loss_se"] = self.validation_loss(state.params)
-      if self.config.eval.get("val_ema", False):
+      if validation_settings(self.config)["ema"]:
         metrics["val_loss_ema"], metrics["val_loss_ema_se"] = self.validation_loss(state.ema_params)
     pipe = self.pipeline(state)
     prompts = list(self.config.sampling.prompts)

@@ -4,7 +4,7 @@
     trainer "vae":  the VAE                                                              -> workdir
     trainer "dit":  1. its VAE: config.vae_workdir, or config.vae_stage trained into      -> workdir/vae
                     2. the latent cache: config.data.cache_clips training clips encoded   -> workdir/latents
-                       (and config.eval.val_clips validation clips beside them, for the validation loss)
+                       (and config.validation.clips validation clips beside them, for the validation loss)
                     3. the DiT on that cache                                              -> workdir
 
 Each stage is skipped when its output exists, so the same command resumes wherever a run stopped. Every config
@@ -36,6 +36,7 @@ from vidgen.parallel import axis_rules, batch_sharding, make_mesh
 from vidgen.parallel.distributed import batch_shard, host_rows
 from vidgen.parallel.mesh import MESH_AXES
 from vidgen.train import dit_trainer, loop, vae_trainer
+from vidgen.train.validation import validation_settings
 from vidgen.train.writers import log
 
 TRAINERS = ("vae", "dit")
@@ -203,15 +204,15 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
     finally:
       getattr(batches, "close", lambda: None)()
   cache = LatentCache.open(directory, fingerprint)  # the fingerprint is checked before anything is added beside it
-  if config.get("eval", {}).get("val_clips", 0):
+  if validation_settings(config)["clips"]:
     _validation_set(config, directory, source, encode_fn, text_fn, shard_index, shard_count, barrier)
   return cache
 
 
 def _validation_set(config, directory, source, encode_fn, text_fn, shard_index, shard_count, barrier) -> None:
-  """Encodes the first `eval.val_clips` clips of the data source's validation split into DIR/validation_N.npz
+  """Encodes the first `validation.clips` clips of the data source's validation split into DIR/validation_N.npz
   (posterior means; captions, labels and, with a frozen text encoder, caption embeddings), unless it exists."""
-  n, batch = config.eval.val_clips, config.data.cache_batch
+  n, batch = validation_settings(config)["clips"], config.data.cache_batch
   path = os.path.join(directory, f"validation_{n}.npz")
   if os.path.exists(path):
     return
@@ -242,8 +243,8 @@ def _validation_set(config, directory, source, encode_fn, text_fn, shard_index, 
 
 
 def load_validation_set(config: ml_collections.ConfigDict, cache: LatentCache) -> dict[str, np.ndarray] | None:
-  """The validation set stored beside `cache` (None when `config.eval.val_clips` is 0)."""
-  n = config.get("eval", {}).get("val_clips", 0)
+  """The validation set stored beside `cache` (None when `config.validation.clips` is 0 or absent)."""
+  n = validation_settings(config)["clips"]
   if not n:
     return None
   with np.load(os.path.join(cache.directory, f"validation_{n}.npz"), allow_pickle=False) as f:

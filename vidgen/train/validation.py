@@ -1,20 +1,20 @@
 """A low-variance validation loss: the training objective on fixed held-out latents, fixed noise and fixed times.
 
 Training losses are noisy (fresh noise, fresh t, fresh clips every step), too noisy to rank models that differ by a
-few percent, which is what a scaling study needs. Here every evaluation sees the same `eval.val_clips` clips of the
+few percent, which is what a scaling study needs. Here every evaluation sees the same `validation.clips` clips of the
 data source's validation split (encoded once by the run's VAE, stored beside the latent cache), the same noise per
-(clip, time), and the same `eval.val_timesteps` times: the quantiles (k + 0.5) / K of the training time distribution,
+(clip, time), and the same `validation.timesteps` times: the quantiles (k + 0.5) / K of the training time distribution,
 so the mean is a stratified estimate of the expected training loss. The loss is the training objective's, weighting
 included; its standard error is over clips (each clip's loss averaged over the times first).
 
-Config (`config.eval`): val_clips (0 = off), val_timesteps, val_batch (divides val_clips), val_seed, val_ema
-(also evaluate the EMA weights).
+Config (`config.validation`, a block of the DiT run; absent = off): clips (0 = off), timesteps, batch (divides
+clips), seed, ema (also evaluate the EMA weights).
 
 Public names:
   validation_times(objective, num_times): the fixed time grid.
   ValidationLoss: (params) -> (mean, standard error) on a validation set.
-  validate_validation_config(config): the `config.eval.val_*` checks.
-  without_validation_fields(config): the config a data source's own `validate_eval` sees.
+  validation_settings(config): `config.validation` with its defaults filled in.
+  validate_validation_config(config): its checks.
 """
 
 from __future__ import annotations
@@ -28,31 +28,30 @@ from scipy import special
 from vidgen.config import require
 from vidgen.parallel import replicated
 
-VALIDATION_DEFAULTS = dict(val_clips=0, val_timesteps=8, val_batch=32, val_seed=0, val_ema=False)
+VALIDATION_DEFAULTS = dict(clips=0, timesteps=8, batch=32, seed=0, ema=False)
+
+
+def validation_settings(config) -> dict:
+  """`config.validation` over VALIDATION_DEFAULTS (a run without the block has clips = 0: no validation loss)."""
+  return {**VALIDATION_DEFAULTS, **dict(config.get("validation", None) or {})}
 
 
 def validate_validation_config(config) -> None:
-  """Raises ConfigError naming `eval.val_*` for counts that do not fit."""
-  e = config.eval
-  clips, times, batch = (e.get(k, VALIDATION_DEFAULTS[k]) for k in ("val_clips", "val_timesteps", "val_batch"))
-  require(isinstance(clips, int) and clips >= 0, "eval.val_clips", f"must be an integer >= 0 (0 = off), got {clips!r}")
-  if not clips:
+  """Raises ConfigError naming `validation.<field>` for unknown fields and counts that do not fit."""
+  given = dict(config.get("validation", None) or {})
+  unknown = sorted(set(given) - set(VALIDATION_DEFAULTS))
+  require(not unknown, "validation", f"unknown fields {unknown}; allowed: {sorted(VALIDATION_DEFAULTS)}")
+  v = validation_settings(config)
+  require(isinstance(v["clips"], int) and v["clips"] >= 0, "validation.clips",
+          f"must be an integer >= 0 (0 = off), got {v['clips']!r}")
+  if not v["clips"]:
     return
-  require(isinstance(times, int) and times >= 1, "eval.val_timesteps", f"must be a positive integer, got {times!r}")
-  require(isinstance(batch, int) and batch >= 1 and clips % batch == 0, "eval.val_batch",
-          f"must be a positive integer dividing eval.val_clips={clips}, got {batch!r}")
-  require(isinstance(e.get("val_ema", False), bool), "eval.val_ema", f"must be True or False, got {e.val_ema!r}")
-
-
-def without_validation_fields(config):
-  """A copy of `config` without the `eval.val_*` fields, for a data source that checks its own `config.eval`."""
-  config = config.copy_and_resolve_references()
-  if "eval" in config:
-    with config.eval.unlocked():
-      for name in VALIDATION_DEFAULTS:
-        if name in config.eval:
-          del config.eval[name]
-  return config
+  require(isinstance(v["timesteps"], int) and v["timesteps"] >= 1, "validation.timesteps",
+          f"must be a positive integer, got {v['timesteps']!r}")
+  require(isinstance(v["batch"], int) and v["batch"] >= 1 and v["clips"] % v["batch"] == 0, "validation.batch",
+          f"must be a positive integer dividing validation.clips={v['clips']}, got {v['batch']!r}")
+  require(isinstance(v["seed"], int), "validation.seed", f"must be an integer, got {v['seed']!r}")
+  require(isinstance(v["ema"], bool), "validation.ema", f"must be True or False, got {v['ema']!r}")
 
 
 def validation_times(objective, num_times: int) -> np.ndarray:
