@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import av
 import imageio.v3 as iio
 import numpy as np
 
@@ -22,6 +23,20 @@ def _check_frames(frames: np.ndarray, path: str) -> np.ndarray:
   return frames
 
 
+def _write_h264(path: str, frames: np.ndarray, fps: int) -> None:
+  """H.264 in this process through PyAV. Not through an ffmpeg subprocess: forking a multithreaded JAX process can
+  deadlock the child before it execs. CRF 12 is near-lossless for these small clips."""
+  with av.open(path, mode="w") as container:
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    stream.options = {"crf": "12"}
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, *, fps: int = 8) -> str:
   """Writes uint8 [T, H, W, 3] to `path` (.mp4 or .gif by extension), atomically (temp file, then rename)."""
   path = os.fspath(path)
@@ -36,9 +51,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, *, fps: int = 8) ->
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
       frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    # macro_block_size=1 stops imageio-ffmpeg from resizing frames; quality 9 is near-lossless for small clips.
-    iio.imwrite(tmp, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1, quality=9,
-                pixelformat="yuv420p")
+    _write_h264(tmp, frames, fps)
   else:
     iio.imwrite(tmp, frames, extension=".gif", duration=1000 / fps, loop=0)
   os.replace(tmp, path)
