@@ -3,11 +3,9 @@ parameter counts."""
 
 from __future__ import annotations
 
-import types
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
@@ -135,29 +133,11 @@ def _run_config(arg=None, *, batch_size=8, text=None, **dit):
 
 def _xla_step_flops(config, phase):
   """FLOPs XLA counts for the compiled `DiTTrainer` step of `phase` (abstract state and batch: compiled, never run)."""
-  from vidgen.parallel import make_mesh
-  from vidgen.train.dit_trainer import DiTTrainer
+  from vidgen.benchmarks.flops import lowered_step
 
-  c = config.dit.in_channels
-  # The step reads only the VAE's latent statistics; the trainer never touches the cache while compiling.
-  vae = types.SimpleNamespace(latent_shift=np.zeros(c, np.float32), latent_scale=np.ones(c, np.float32))
-  trainer = DiTTrainer(config, make_mesh({"data": 1}, jax.devices()[:1]), "", vae=vae, cache=None)
-  state = jax.eval_shape(trainer.init_state, jax.random.key(0))
-  b, (t, h, w) = config.batch_size, config.dit.input_size
-  latent = jax.ShapeDtypeStruct((b, 1 if phase == "image" else t, h, w, c), jnp.float32)
-  batch = {"mean": latent, "std": latent}
-  length = config.text.max_length
-  if config.conditioning == "class":
-    batch["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
-  elif config.text.get("encoder") == "hf":  # cached caption embeddings
-    batch["text"] = jax.ShapeDtypeStruct((b, length, config.dit.text_dim), jnp.float16)
-    batch["mask"] = jax.ShapeDtypeStruct((b, length), jnp.bool_)
-  else:
-    batch["ids"] = jax.ShapeDtypeStruct((b, length), jnp.int32)
-    batch["mask"] = jax.ShapeDtypeStruct((b, length), jnp.bool_)
-  step = jax.jit(trainer.train_step, static_argnums=2).lower(state, batch, phase).compile()
+  trainer, lowered = lowered_step(config, phase)
   assert trainer.model_flops_per_step(phase) == train_flops_per_step(config, phase)
-  return step.cost_analysis()["flops"]
+  return lowered.compile().cost_analysis()["flops"]
 
 
 @pytest.mark.parametrize(

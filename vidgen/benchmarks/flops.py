@@ -31,8 +31,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os
                               "experiments", "shapes_t2v.py")
 
 
-def xla_flops(config, phase: str) -> tuple[float, float]:
-  """(lowered, compiled) FLOPs XLA counts for one training step of the DiT run `config` in `phase`."""
+def lowered_step(config, phase: str):
+  """(trainer, lowered step): the DiT trainer of `config` and its jitted step for `phase` lowered on abstract inputs."""
   channels = config.dit.in_channels
   # The step's FLOPs do not depend on the VAE: only its latent statistics are read, as constants.
   vae = types.SimpleNamespace(latent_shift=np.zeros(channels, np.float32), latent_scale=np.ones(channels, np.float32))
@@ -50,7 +50,12 @@ def xla_flops(config, phase: str) -> tuple[float, float]:
   elif config.conditioning == "text":
     batch["ids"] = jax.ShapeDtypeStruct((b, length), jnp.int32)
     batch["mask"] = jax.ShapeDtypeStruct((b, length), jnp.bool_)
-  lowered = jax.jit(trainer.train_step, static_argnums=2).lower(state, batch, phase)
+  return trainer, jax.jit(trainer.train_step, static_argnums=2).lower(state, batch, phase)
+
+
+def xla_flops(config, phase: str) -> tuple[float, float]:
+  """(lowered, compiled) FLOPs XLA counts for one training step of the DiT run `config` in `phase`."""
+  _, lowered = lowered_step(config, phase)
   return float(lowered.cost_analysis()["flops"]), float(lowered.compile().cost_analysis()["flops"])
 
 
