@@ -29,7 +29,7 @@ def _write_h264(path: str, frames: np.ndarray, fps: int) -> None:
   with av.open(path, mode="w") as container:
     stream = container.add_stream("libx264", rate=fps)
     stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-    stream.options = {"crf": "12", "threads": "1"}  # one thread: the same frames always give the same bytes
+    stream.options = {"crf": "12", "threads": "1"}  # clips are small: one thread, no encoder thread pool
     for frame in frames:
       for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
         container.mux(packet)

@@ -412,10 +412,13 @@ def test_photo_clips_read_through_the_files_source(tmp_path):
   step = np.abs(np.diff(video, axis=1)).mean(axis=(2, 3, 4))  # [clip, frame]
   whole = np.abs(video[:, -1] - video[:, 0]).mean(axis=(1, 2, 3))
   assert (step > 0.5).all() and (step.max(axis=1) < whole).all()  # every frame moves, and the motion is continuous
-  # Written files depend only on (seed, photograph, clip): again with another photograph list, the same clip.
+  # Written clips depend only on (seed, photograph, clip): again with another photograph list, the same clip. Compared
+  # decoded, within H.264's rounding (encoders may differ in the last bits between runs); another clip is far off.
   again = photo_clips.write_photo_clips(str(tmp_path / "again"), photos=("camera",), clips_per_photo=1, num_frames=8,
                                         height=32, width=48, seed=1)
-  np.testing.assert_array_equal(read_video(again[0]), read_video(paths[3]))
+  same = np.abs(read_video(again[0]).astype(np.float32) - read_video(paths[3])).mean()
+  other = np.abs(read_video(paths[4]).astype(np.float32) - read_video(paths[3])).mean()
+  assert same < 1.5 and other > 8 * same + 4, (same, other)
   written = photo_clips.main([str(tmp_path / "cli"), "--held-out", "--clips-per-photo", "1", "--frames", "2",
                               "--size", "16x16"])
   assert {os.path.basename(p).split("_")[0] for p in written["held_out"]} == set(photo_clips.HELD_OUT_PHOTOS)
