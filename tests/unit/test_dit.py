@@ -134,7 +134,7 @@ def test_every_block_is_identity_at_init(config):
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((B, 32, 32)), jnp.float32)
   # Non-trivial conditioning and context: modulation would be non-zero if any zero-init were missing.
-  c_act = jnp.asarray(rng.standard_normal((B, 32)), jnp.float32)
+  c_act = jnp.asarray(rng.standard_normal((B, 1, 32)), jnp.float32)  # one clip per row
   shared = model.ada_shared(c_act) if lora else None
   context = jnp.asarray(rng.standard_normal((B, 3, 32)), jnp.float32)
   mask = jnp.array([[True, True, False], [True, False, False]])
@@ -350,13 +350,13 @@ def test_decode_variant():
     "overrides,field",
     [
         (dict(num_heads=5), "dit.num_heads"),
-        (dict(window=(2, 3, 2)), "dit.window"),
+        (dict(window=(2, 0, 2)), "dit.window"),
         (dict(patch_size=(1, 3, 3)), "dit.patch_size"),
         (dict(depth=3), "dit.depth"),
         (dict(attention_pattern=("spatial", "global")), "dit.attention_pattern"),
         (dict(remat="some"), "dit.remat"),
         (dict(dtype="float64"), "dit.dtype"),
-        (dict(pos_embedding="rope"), "dit.pos_embedding"),
+        (dict(pos_embedding="rotary"), "dit.pos_embedding"),
         (dict(widht=64), "dit.widht"),
         (dict(mlp_conv=2), "dit.mlp_conv"),
         (dict(class_factors=(3, 3)), "dit.class_factors"),

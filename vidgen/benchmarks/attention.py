@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from vidgen.benchmarks.dit import TrainStep
-from vidgen.layers.attention import check_window
+from vidgen.layers.attention import clamp_window
 from vidgen.layers.precision import DTYPES
 from vidgen.models.dit_config import DiTSpec, dit_config
 from vidgen.scaling import forward_flops
@@ -75,7 +75,7 @@ def attention_flops(config, latent_shape: Sequence[int]) -> int:
     elif kind == "spatial":
       keys = h * w
     else:
-      keys = int(np.prod(check_window((t, h, w), spec.window)))
+      keys = int(np.prod(clamp_window((t, h, w), spec.window)))
     total += 2 * 2 * n * keys * spec.width   # Two matmuls (QK^T, AV) of n x keys x width MACs each.
   return total
 
@@ -123,7 +123,7 @@ def run(frames: Sequence[int] = (4, 8, 16, 32), *, size: int = 16, channels: int
       latent = (t, size, size, channels)
       tokens = t * size * size
       if kind == "windowed":
-        spatiotemporal = check_window((t, size, size), window)
+        spatiotemporal = clamp_window((t, size, size), window)
         windows = f"1x{size}x{size} / {'x'.join(str(w) for w in spatiotemporal)}"
       else:
         windows = f"{t}x{size}x{size}"

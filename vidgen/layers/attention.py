@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidgen.layers.embeddings import apply_rope, rope_angles
+from vidgen.layers.layout import Layout, PackedLayout, grid_positions
 from vidgen.layers.norms import RMSNorm
 from vidgen.parallel.sharding import constrain, logical
 
@@ -239,17 +241,6 @@ def clamp_window(grid: Sequence[int], window: Sequence[int]) -> tuple[int, int, 
   return tuple(min(int(w), int(g)) for g, w in zip(grid, window))  # type: ignore[return-value]
 
 
-def check_window(grid: Sequence[int], window: Sequence[int]) -> tuple[int, int, int]:
-  """Clamped window that tiles `grid`; ValueError naming both when it does not."""
-  clamped = clamp_window(grid, window)
-  for axis, g, w in zip("thw", grid, clamped):
-    if g % w:
-      raise ValueError(
-          f"window {tuple(window)} does not tile the token grid {tuple(grid)}: along {axis}, {g} is not a multiple "
-          f"of {w}")
-  return clamped
-
-
 def windowed_attention(
     q: jax.Array,
     k: jax.Array,
@@ -262,30 +253,91 @@ def windowed_attention(
 ) -> jax.Array:
   """Attention within non-overlapping `(wt, wh, ww)` boxes of a `(T, H, W)` token grid.
 
+  Boxes start at the grid's origin; where the window does not tile the grid, the last box along an axis is partial:
+  the grid is padded to whole boxes and padded keys are masked, so every token attends exactly to the real tokens of
+  its own box.
+
   Args:
     q, k, v: `[B, N, heads, d]`, `N = T * H * W` tokens in (t, h, w) raster order.
     grid: `(T, H, W)`.
-    window: `(wt, wh, ww)`; each size larger than the grid along its axis is clamped to the grid, and the clamped
-      window must tile the grid (ValueError otherwise).
+    window: `(wt, wh, ww)`; each size larger than the grid along its axis is clamped to the grid.
     backend: see `full_attention`.
     scale: logit scale; default `1 / sqrt(d)`.
 
   Returns:
-    `[B, N, heads, d]` in raster order; token i attended to exactly the tokens of its own window.
+    `[B, N, heads, d]` in raster order.
   """
   t, h, w = (int(g) for g in grid)
   if q.shape[1] != t * h * w or k.shape[1] != q.shape[1] or v.shape[1] != q.shape[1]:
     raise ValueError(
         f"windowed attention needs N = T*H*W = {t * h * w} tokens for grid {tuple(grid)} in q, k and v; got "
         f"{q.shape[1]}, {k.shape[1]}, {v.shape[1]}")
-  wt, wh, ww = check_window((t, h, w), window)
+  wt, wh, ww = clamp_window((t, h, w), window)
   if (wt, wh, ww) == (t, h, w):
     return full_attention(q, k, v, backend=backend, scale=scale)
-  sizes = dict(nt=t // wt, nh=h // wh, nw=w // ww, wt=wt, wh=wh, ww=ww)
+  padded = (_round_up(t, wt), _round_up(h, wh), _round_up(w, ww))
+  sizes = dict(nt=padded[0] // wt, nh=padded[1] // wh, nw=padded[2] // ww, wt=wt, wh=wh, ww=ww)
   to_windows = "b (nt wt nh wh nw ww) n d -> (b nt nh nw) (wt wh ww) n d"
-  qw, kw, vw = (einops.rearrange(x, to_windows, **sizes) for x in (q, k, v))
-  out = full_attention(qw, kw, vw, backend=backend, scale=scale)
-  return einops.rearrange(out, "(b nt nh nw) (wt wh ww) n d -> b (nt wt nh wh nw ww) n d", **sizes)
+  pad = [(0, p - g) for p, g in zip(padded, (t, h, w))]
+  mask = None
+  if padded != (t, h, w):
+    valid = np.pad(np.ones((t, h, w), bool), pad).reshape(-1)
+    mask = np.tile(einops.rearrange(valid, "(nt wt nh wh nw ww) -> (nt nh nw) (wt wh ww)", **sizes), (q.shape[0], 1))
+
+  def windows(x):
+    x = x.reshape(x.shape[0], t, h, w, *x.shape[2:])
+    x = jnp.pad(x, [(0, 0), *pad, (0, 0), (0, 0)])
+    return einops.rearrange(x.reshape(x.shape[0], -1, *x.shape[4:]), to_windows, **sizes)
+
+  out = full_attention(*(windows(x) for x in (q, k, v)), mask=mask, backend=backend, scale=scale)
+  out = einops.rearrange(out, "(b nt nh nw) (wt wh ww) n d -> b nt wt nh wh nw ww n d", **sizes)
+  out = out.reshape(out.shape[0], *padded, *out.shape[-2:])[:, :t, :h, :w]
+  return out.reshape(q.shape)
+
+
+def window_groups(positions: jax.Array, window: Sequence[int | None] | None) -> jax.Array:
+  """Per-token window coordinates `[..., 3]` (int32) from token coordinates `[..., 3]` (t, h, w) within a clip:
+  `None` = full attention (all zeros), a None axis = the whole axis (a spatial window is `(1, None, None)`).
+
+  Two tokens of one clip share a window exactly when their coordinates are equal; boxes start at the clip's origin,
+  as in `windowed_attention`, so packed and unpacked windows are the same sets of tokens."""
+  positions = jnp.asarray(positions, jnp.int32)
+  if window is None:
+    return jnp.zeros_like(positions)
+  sizes = [1 if w is None else int(w) for w in window]
+  coords = [jnp.zeros_like(positions[..., i]) if w is None else positions[..., i] // sizes[i]
+            for i, w in enumerate(window)]
+  return jnp.stack(coords, axis=-1)
+
+
+def segment_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    segment_ids: jax.Array,
+    groups: jax.Array | None = None,
+    backend: Backend = "xla",
+    scale: float | None = None,
+) -> jax.Array:
+  """Self-attention of packed rows (Patch n' Pack): a token attends to the tokens of its own segment and, with
+  `groups`, of its own window.
+
+  Args:
+    q, k, v: `[B, L, heads, d]`.
+    segment_ids: `[B, L]` int, 0 = padding (attends to nothing, outputs zeros), 1, 2, ... = the clip a token is of.
+    groups: optional `[B, L, G]` int window coordinates (`window_groups`); tokens attend only where all are equal.
+    backend: "xla" or "cudnn" (both take the boolean mask), or "auto".
+    scale: logit scale; default `1 / sqrt(d)`.
+  """
+  segment_ids = jnp.asarray(segment_ids)
+  mask = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids > 0)[:, None, :]
+  if groups is not None:
+    mask = mask & jnp.all(groups[:, :, None, :] == groups[:, None, :, :], axis=-1)
+  if resolve_backend(backend, q.dtype, q.shape[-1]) == "splash":
+    raise ValueError("packed attention needs a token-pair mask, which the splash wrapper does not take yet; use "
+                     "dit.attention_backend='xla' for packed batches on TPU")
+  return full_attention(q, k, v, mask=mask[:, None], backend=backend, scale=scale)
 
 
 def heads_projection(in_features: int, shape: tuple[int, ...], *, dtype, param_dtype, rngs: nnx.Rngs
@@ -324,6 +376,7 @@ class SelfAttention(nnx.Module):
       kind: str = "full",
       window: Sequence[int] | None = None,
       qk_norm: bool = False,
+      rope: bool = False,
       backend: Backend = "xla",
       dtype=jnp.float32,
       param_dtype=jnp.float32,
@@ -338,6 +391,7 @@ class SelfAttention(nnx.Module):
     head_dim = width // num_heads
     self.kind = kind
     self.window = None if window is None else tuple(int(w) for w in window)
+    self.rope = rope
     self.backend = backend
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -354,19 +408,33 @@ class SelfAttention(nnx.Module):
       return (1, int(grid[1]), int(grid[2]))
     return clamp_window(grid, self.window)
 
-  def __call__(self, x: jax.Array, grid: Sequence[int]) -> jax.Array:
-    """x: `[B, N, width]` tokens of a `grid = (T, H, W)` in raster order -> `[B, N, width]`."""
+  def __call__(self, x: jax.Array, layout: Layout) -> jax.Array:
+    """x: `[B, N, width]` tokens of a `layout` -> `[B, N, width]`.
+
+    `layout` is a token grid `(T, H, W)` (tokens in raster order) or a `PackedLayout` (packed rows of clips, where
+    every token attends within its own clip and its own window of that clip).
+    """
     qkv = self.qkv(x.astype(self.dtype))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
+    packed = isinstance(layout, PackedLayout)
+    if self.rope:
+      positions = layout.positions if packed else jnp.asarray(grid_positions(layout))[None]
+      angles = rope_angles(positions, q.shape[-1])
+      q, k = apply_rope(q, angles), apply_rope(k, angles)
     names = ("act_batch", "act_len", "act_heads", None)
     q, k, v = constrain(q, names), constrain(k, names), constrain(v, names)
-    window = self.window_for(grid)
-    if window is None:
-      y = full_attention(q, k, v, backend=self.backend)
+    if packed:
+      window = {"full": None, "spatial": (1, None, None), "spatiotemporal": self.window}[self.kind]
+      groups = None if window is None else window_groups(layout.positions, window)
+      y = segment_attention(q, k, v, segment_ids=layout.segment_ids, groups=groups, backend=self.backend)
     else:
-      y = windowed_attention(q, k, v, grid=grid, window=window, backend=self.backend)
+      window = self.window_for(layout)
+      if window is None:
+        y = full_attention(q, k, v, backend=self.backend)
+      else:
+        y = windowed_attention(q, k, v, grid=layout, window=window, backend=self.backend)
     y = constrain(y, names)
     return self.out(y)
 
@@ -405,7 +473,8 @@ class CrossAttention(nnx.Module):
     self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype, axis_name="kv") if qk_norm else None
 
   def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
-    """x: `[B, N, width]`; context: `[B, L, context_dim]`; context_mask: `[B, L]` bool (True = real token)."""
+    """x: `[B, N, width]`; context: `[B, L, context_dim]`; context_mask: `[B, L]` bool (True = real token), or a
+    per-query mask broadcastable to `[B, heads, N, L]` (packed rows: each clip reads only its own caption)."""
     q = self.q(x.astype(self.dtype))
     kv = self.kv(context.astype(self.dtype))
     k, v = kv[:, :, 0], kv[:, :, 1]

@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidgen.layers.layout import grid_positions
 from vidgen.parallel.sharding import logical
 
-POS_EMBEDDINGS = ("learned", "sincos")
+POS_EMBEDDINGS = ("learned", "sincos", "rope")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -177,31 +178,71 @@ def resample_positions(size: int, base: int) -> jax.Array:
 
   `size == base` gives exactly `0, 1, ..., base - 1`, so embeddings at the trained size are the trained ones.
   """
-  i = jnp.arange(size, dtype=jnp.float32)
-  if size == base:
-    return i
-  return (i + 0.5) * (base / size) - 0.5
+  return _resampled(jnp.arange(size, dtype=jnp.float32), jnp.asarray(size), base)
 
 
-def _time_positions(size: int, base: int) -> jax.Array:
+def _resampled(index: jax.Array, size: jax.Array, base: int) -> jax.Array:
+  # Per element: index on a `size`-long axis -> position on the `base`-long one (unchanged where size == base).
+  size = jnp.asarray(size, jnp.float32)
+  return jnp.where(size == base, index, (index + 0.5) * (base / size) - 0.5)
+
+
+def _time_positions(index: jax.Array, size: jax.Array, base: int) -> jax.Array:
   # Frames keep their index when the clip is shorter than the trained one: an image (T = 1) is frame 0 of a video,
   # which is also how the causal VAE encodes it. Longer clips are resampled into the trained span.
-  if size <= base:
-    return jnp.arange(size, dtype=jnp.float32)
-  return resample_positions(size, base)
+  return jnp.where(size <= base, index, _resampled(index, size, base))
 
 
-def _linear_resample(table: jax.Array, positions: jax.Array, axis: int) -> jax.Array:
-  """Linear interpolation of `table` along `axis` at fractional `positions` (clamped at the ends)."""
-  n = table.shape[axis]
+def _linear_lookup(table: jax.Array, positions: jax.Array) -> jax.Array:
+  """Rows of `table` `[n, ...]` linearly interpolated at fractional `positions` `[m]` (clamped at the ends)."""
+  n = table.shape[0]
   pos = jnp.clip(positions, 0.0, n - 1.0)
   lo = jnp.floor(pos).astype(jnp.int32)
   hi = jnp.minimum(lo + 1, n - 1)
-  frac = pos - lo
-  shape = [1] * table.ndim
-  shape[axis] = -1
-  frac = frac.reshape(shape)
-  return jnp.take(table, lo, axis=axis) * (1.0 - frac) + jnp.take(table, hi, axis=axis) * frac
+  frac = (pos - lo).reshape(-1, *([1] * (table.ndim - 1)))
+  return table[lo] * (1.0 - frac) + table[hi] * frac
+
+
+def _bilinear_lookup(table: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+  """`table` `[n, m, D]` bilinearly interpolated at fractional `(rows, cols)` `[k]` each (clamped) -> `[k, D]`."""
+
+  def corners(pos, n):
+    pos = jnp.clip(pos, 0.0, n - 1.0)
+    lo = jnp.floor(pos).astype(jnp.int32)
+    return lo, jnp.minimum(lo + 1, n - 1), (pos - lo)[:, None]
+
+  r0, r1, fr = corners(rows, table.shape[0])
+  c0, c1, fc = corners(cols, table.shape[1])
+  top = table[r0, c0] * (1.0 - fc) + table[r0, c1] * fc
+  bottom = table[r1, c0] * (1.0 - fc) + table[r1, c1] * fc
+  return top * (1.0 - fr) + bottom * fr
+
+
+def rope_angles(positions: jax.Array, head_dim: int, *, theta: float = 10000.0) -> jax.Array:
+  """3-D rotary angles `[..., head_dim / 2]` (float32) for token coordinates `[..., 3]` (t, h, w).
+
+  The head's rotation pairs are split between the axes: a third each to h and w, the rest to t; each axis uses
+  RoFormer's frequencies `theta^(-i / pairs_axis)`. Dot products of rotated queries and keys then depend only on the
+  offsets between tokens, so any grid size and any packing gives the same attention pattern.
+  """
+  if head_dim % 2:
+    raise ValueError(f"rotary positions need an even head dim, got {head_dim}")
+  pairs = head_dim // 2
+  space = pairs // 3
+  angles = []
+  for axis, n in enumerate((pairs - 2 * space, space, space)):
+    freqs = theta ** (-jnp.arange(n, dtype=jnp.float32) / max(n, 1))
+    angles.append(jnp.asarray(positions[..., axis], jnp.float32)[..., None] * freqs)
+  return jnp.concatenate(angles, axis=-1)
+
+
+def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
+  """Rotates `x` `[B, N, heads, d]` by `angles` `[B|1, N, d / 2]` (first half of d paired with the second), in float32;
+  returns the dtype of `x`."""
+  half = x.shape[-1] // 2
+  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
 class SpacetimePosEmbed(nnx.Module):
@@ -234,24 +275,25 @@ class SpacetimePosEmbed(nnx.Module):
 
   def __call__(self, grid: Sequence[int]) -> jax.Array:
     """grid `(T, H, W)` -> `[T*H*W, width]` float32 in raster order."""
-    t, h, w = (int(g) for g in grid)
+    positions = grid_positions(grid)
+    return self.at(positions, np.broadcast_to(np.asarray(grid, np.int32), positions.shape))
+
+  def at(self, positions: jax.Array, grids: jax.Array) -> jax.Array:
+    """Per token: coordinates `[..., 3]` (t, h, w) in a clip whose token grid is `grids` `[..., 3]` -> `[..., width]`
+    float32; the same values `__call__(grid)` gives that token (what packed rows of several sizes use)."""
+    positions = jnp.asarray(positions, jnp.float32)
+    grids = jnp.asarray(grids, jnp.float32)
+    lead = positions.shape[:-1]
+    positions, grids = positions.reshape(-1, 3), grids.reshape(-1, 3)
     t0, h0, w0 = self.grid
-    tpos, hpos, wpos = _time_positions(t, t0), resample_positions(h, h0), resample_positions(w, w0)
+    tpos = _time_positions(positions[:, 0], grids[:, 0], t0)
+    hpos = _resampled(positions[:, 1], grids[:, 1], h0)
+    wpos = _resampled(positions[:, 2], grids[:, 2], w0)
     if self.kind == "learned":
-      time = self.time[...].astype(jnp.float32)
-      space = self.space[...].astype(jnp.float32)
-      if t != t0:
-        time = _linear_resample(time, tpos, 0)
-      if h != h0:
-        space = _linear_resample(space, hpos, 0)
-      if w != w0:
-        space = _linear_resample(space, wpos, 1)
+      time = _linear_lookup(self.time[...].astype(jnp.float32), tpos)
+      space = _bilinear_lookup(self.space[...].astype(jnp.float32), hpos, wpos)
     else:
-      time = sincos_1d(tpos, self.width)
       half = self.width // 2
-      space = jnp.concatenate([
-          jnp.broadcast_to(sincos_1d(hpos, half)[:, None, :], (h, w, half)),
-          jnp.broadcast_to(sincos_1d(wpos, half)[None, :, :], (h, w, half)),
-      ], axis=-1)
-    pos = time[:, None, None, :] + space[None]
-    return pos.reshape(t * h * w, self.width)
+      time = sincos_1d(tpos, self.width)
+      space = jnp.concatenate([sincos_1d(hpos, half), sincos_1d(wpos, half)], axis=-1)
+    return (time + space).reshape(*lead, self.width)

@@ -31,6 +31,7 @@ from flax import nnx
 
 from vidgen.layers.attention import CrossAttention, SelfAttention
 from vidgen.layers.embeddings import LabelEmbedder, PatchEmbed, SpacetimePosEmbed, TimestepEmbedder, unpatchify
+from vidgen.layers.layout import Layout, PackedLayout, per_clip
 from vidgen.layers.mlp import Mlp
 from vidgen.layers.norms import RMSNorm
 from vidgen.layers.scan import run_stacked, stacked
@@ -104,9 +105,15 @@ def _layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, dtype) -> jax.Array:
-  """adaLN: `LN(x) * (1 + scale) + shift` in float32; x `[B, N, D]`, shift/scale `[B, D]`."""
-  y = _layer_norm(x) * (1.0 + scale[:, None, :]) + shift[:, None, :]
+  """adaLN: `LN(x) * (1 + scale) + shift` in float32; x `[B, N, D]`, shift/scale `[B, 1|N, D]`."""
+  y = _layer_norm(x) * (1.0 + scale) + shift
   return y.astype(dtype)
+
+
+def _per_token(modulation: jax.Array, layout: Layout) -> jax.Array:
+  """Per-clip modulation `[B, S, K]` -> what the tokens of `layout` read: `[B, 1, K]` for a grid (S = 1), `[B, L, K]`
+  for packed rows (each token its clip's row)."""
+  return per_clip(modulation, layout) if isinstance(layout, PackedLayout) else modulation
 
 
 class DiTBlock(nnx.Module):
@@ -116,7 +123,8 @@ class DiTBlock(nnx.Module):
     d, dtype, pdtype = spec.width, spec.compute_dtype, spec.params_dtype
     self.dtype = dtype
     self.attn = SelfAttention(d, spec.num_heads, kind=kind, window=spec.window, qk_norm=spec.qk_norm,
-                              backend=spec.attention_backend, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+                              rope=spec.pos_embedding == "rope", backend=spec.attention_backend, dtype=dtype,
+                              param_dtype=pdtype, rngs=rngs)
     self.cross = nnx.data(None)
     if spec.cross_attention:
       self.cross = CrossAttention(d, spec.num_heads, qk_norm=spec.qk_norm, backend=spec.attention_backend,
@@ -135,22 +143,26 @@ class DiTBlock(nnx.Module):
                             bias_init=logical(zeros, "mlp"), rngs=rngs)
 
   def modulation(self, c_act: jax.Array, ada_shared: jax.Array | None) -> jax.Array:
-    """SiLU(c) `[B, D]` (+ shared `[B, 6D]`) -> `[B, 6D]` float32 (shift, scale, gate for attention and MLP)."""
+    """SiLU(c) `[B, S, D]` (+ shared `[B, S, 6D]`) -> `[B, S, 6D]` float32 (shift, scale, gate for attention and
+    MLP), one row per clip."""
     if self.lora_rank:
       down = c_act @ self.ada_down[...].astype(jnp.float32)
       return ada_shared + down @ self.ada_up[...].astype(jnp.float32)
     return self.ada(c_act)
 
-  def __call__(self, x: jax.Array, c_act: jax.Array, ada_shared: jax.Array | None, grid: tuple[int, int, int],
+  def __call__(self, x: jax.Array, c_act: jax.Array, ada_shared: jax.Array | None, layout: Layout,
                context: jax.Array | None, context_mask: jax.Array | None) -> jax.Array:
-    """x: `[B, N, D]` residual stream on `grid`; context: `[B, L, D]`, context_mask `[B, L]` -> `[B, N, D]`."""
-    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.modulation(c_act, ada_shared), 6, axis=-1)
-    h = self.attn(_modulate(x, shift1, scale1, self.dtype), grid)
-    x = x + (gate1[:, None, :] * h).astype(x.dtype)
+    """x: `[B, N, D]` residual stream on `layout`; c_act `[B, S, D]` per clip; context: `[B, L, D]`, context_mask
+    `[B, L]` or per query `[B, 1, N, L]` -> `[B, N, D]`."""
+    modulation = _per_token(self.modulation(c_act, ada_shared), layout)
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(modulation, 6, axis=-1)
+    h = self.attn(_modulate(x, shift1, scale1, self.dtype), layout)
+    x = x + (gate1 * h).astype(x.dtype)
     if self.cross is not None:
       x = x + self.cross(_layer_norm(x).astype(self.dtype), context, context_mask).astype(x.dtype)
+    grid = None if isinstance(layout, PackedLayout) else layout
     h = self.mlp(_modulate(x, shift2, scale2, self.dtype), grid)
-    x = x + (gate2[:, None, :] * h).astype(x.dtype)
+    x = x + (gate2 * h).astype(x.dtype)
     return constrain(x, _RESIDUAL)
 
 
@@ -160,9 +172,9 @@ class SuperBlock(nnx.Module):
   def __init__(self, spec: DiTSpec, *, rngs: nnx.Rngs):
     self.layers = nnx.List([DiTBlock(spec, kind, rngs=rngs) for kind in spec.attention_pattern])
 
-  def __call__(self, x, c_act, ada_shared, grid, context, context_mask):
+  def __call__(self, x, c_act, ada_shared, layout, context, context_mask):
     for block in self.layers:
-      x = block(x, c_act, ada_shared, grid, context, context_mask)
+      x = block(x, c_act, ada_shared, layout, context, context_mask)
     return x
 
 
@@ -179,9 +191,9 @@ class FinalLayer(nnx.Module):
     self.proj = nnx.Linear(d, out, dtype=self.dtype, param_dtype=pdtype, kernel_init=logical(zeros, "embed", None),
                            bias_init=logical(zeros, None), rngs=rngs)
 
-  def __call__(self, x: jax.Array, c_act: jax.Array) -> jax.Array:
-    """x `[B, N, D]`, SiLU(c) `[B, D]` -> `[B, N, pt*ph*pw*C_out]`."""
-    shift, scale = jnp.split(self.ada(c_act), 2, axis=-1)
+  def __call__(self, x: jax.Array, c_act: jax.Array, layout: Layout) -> jax.Array:
+    """x `[B, N, D]`, SiLU(c) `[B, S, D]` -> `[B, N, pt*ph*pw*C_out]`."""
+    shift, scale = jnp.split(_per_token(self.ada(c_act), layout), 2, axis=-1)
     return self.proj(_modulate(x, shift, scale, self.dtype))
 
 
@@ -201,7 +213,10 @@ class VideoDiT(nnx.Module):
     d, dtype, pdtype = spec.width, spec.compute_dtype, spec.params_dtype
     self.patch_embed = PatchEmbed(spec.input_channels, spec.patch_size, d, dtype=dtype, param_dtype=pdtype,
                                   rngs=rngs)
-    self.pos_embed = SpacetimePosEmbed(spec.token_grid, d, kind=spec.pos_embedding, param_dtype=pdtype, rngs=rngs)
+    # Rotary positions act inside self-attention; the others are added to the tokens here.
+    self.pos_embed = nnx.data(None)
+    if spec.pos_embedding != "rope":
+      self.pos_embed = SpacetimePosEmbed(spec.token_grid, d, kind=spec.pos_embedding, param_dtype=pdtype, rngs=rngs)
     self.t_embed = TimestepEmbedder(d, freq_dim=spec.freq_dim, time_scale=spec.time_scale, param_dtype=pdtype,
                                     rngs=rngs)
     self.label_embed = (LabelEmbedder(spec.num_classes, d, factors=spec.class_factors, param_dtype=pdtype, rngs=rngs)
@@ -241,7 +256,10 @@ class VideoDiT(nnx.Module):
     return self.spec.num_classes
 
   def _inputs(self, z_t: jax.Array, cond: Conditioning) -> jax.Array:
-    """z_t `[B, T, H, W, C]` (+ self-conditioning, + task channels) -> `[B, T, H, W, input_channels]`."""
+    """z_t `[..., C]` (+ self-conditioning, + task channels, shaped like z_t but for channels) -> `[..., input_channels]`.
+
+    z_t is a latent `[B, T, H, W, C]` or packed patches `[B, L, P, C]`: either way the extra inputs join on channels.
+    """
     spec = self.spec
     parts = [z_t]
     if spec.self_condition:
@@ -252,39 +270,69 @@ class VideoDiT(nnx.Module):
     elif cond.self_cond is not None:
       raise ValueError("cond.self_cond was given but the model was built with self_condition=False")
     if spec.task_channels:
-      shape = (*z_t.shape[:4], spec.task_channels)
+      shape = (*z_t.shape[:-1], spec.task_channels)
       task = jnp.zeros(shape, z_t.dtype) if cond.task is None else cond.task
       if task.shape != shape:
-        raise ValueError(f"cond.task must have shape [B, T, H, W, task_channels] = {shape}; got {task.shape}")
+        raise ValueError(f"cond.task must have the shape of z_t with task_channels={spec.task_channels} channels, "
+                         f"{shape}; got {task.shape}")
       parts.append(task.astype(z_t.dtype))
     elif cond.task is not None:
       raise ValueError("cond.task was given but the model was built with task_channels=0")
     return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else z_t
 
-  def _context(self, batch: int, cond: Conditioning) -> tuple[jax.Array | None, jax.Array | None]:
-    """Text tokens projected to the model width `[B, L, D]` and their mask `[B, L]`."""
-    if self.text_proj is None:
-      if cond.text is not None:
-        raise ValueError("cond.text was given but the model was built with text_dim=0")
-      return None, None
-    text, mask = cond.text, cond.text_mask
-    if text is None:
-      # No caption = one padding token: cross-attention then contributes nothing, exactly like a null caption.
-      text = jnp.zeros((batch, 1, self.spec.text_dim), self.spec.compute_dtype)
-      mask = jnp.zeros((batch, 1), bool)
-    if text.ndim != 3 or text.shape[0] != batch or text.shape[2] != self.spec.text_dim:
-      raise ValueError(f"cond.text must be [B, L, text_dim] with B={batch}, text_dim={self.spec.text_dim}; "
-                       f"got {text.shape}")
-    if mask is None:
-      mask = jnp.ones(text.shape[:2], bool)
-    context = self.text_proj(text)
-    return constrain(context, _RESIDUAL), mask.astype(bool)
+  def _clip_conditioning(self, t: jax.Array, cond: Conditioning
+                         ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """Per clip: t `[B, S]`, labels `[B, S]`, text `[B, S, L, text_dim]`, text_mask `[B, S, L]` ->
+    (c `[B, S, D]` float32, context `[B, S, Lc, D]` or None, context mask `[B, S, Lc]` or None)."""
+    spec = self.spec
+    batch, clips = t.shape
+    c = self.t_embed(t.reshape(-1)).reshape(batch, clips, -1)
+    context = mask = None
+    if self.text_proj is not None:
+      text, mask = cond.text, cond.text_mask
+      if text is None:
+        # No caption = one padding token: cross-attention then contributes nothing, exactly like a null caption.
+        text = jnp.zeros((batch, clips, 1, spec.text_dim), spec.compute_dtype)
+        mask = jnp.zeros((batch, clips, 1), bool)
+      if mask is None:
+        mask = jnp.ones(text.shape[:3], bool)
+      context, mask = self.text_proj(text), mask.astype(bool)
+    elif cond.text is not None:
+      raise ValueError("cond.text was given but the model was built with text_dim=0")
+    if self.label_embed is not None:
+      labels = jnp.full((batch, clips), spec.num_classes, jnp.int32) if cond.labels is None else cond.labels
+      label_tokens = self.label_embed.tokens(labels)  # [B, S, factors, D]
+      c = c + jnp.sum(label_tokens, axis=-2)
+      if spec.class_tokens:
+        # Every row is a learned vector, the null ones included, so no token is masked.
+        context = self.label_token_norm(label_tokens).astype(spec.compute_dtype)
+        mask = jnp.ones(label_tokens.shape[:3], bool)
+    elif cond.labels is not None:
+      raise ValueError("cond.labels was given but the model was built with num_classes=0")
+    if self.text_pool is not None:
+      # Mean over real caption tokens; an all-padding (null) caption pools to zero and adds only the bias.
+      weights = mask.astype(jnp.float32)[..., None]
+      pooled = jnp.sum(context.astype(jnp.float32) * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
+      c = c + self.text_pool(pooled)
+    return c, context, mask
+
+  def _transform(self, x: jax.Array, layout: Layout, c: jax.Array, context: jax.Array | None,
+                 context_mask: jax.Array | None) -> jax.Array:
+    """Tokens `[B, N, D]` with positions added, per-clip c `[B, S, D]` -> patch outputs `[B, N, pt*ph*pw*C_out]`."""
+    x = constrain(x, _RESIDUAL)
+    context = None if context is None else constrain(context, _RESIDUAL)
+    c_act = jax.nn.silu(c)
+    ada_shared = None if self.ada_shared is None else self.ada_shared(c_act)
+    x = run_stacked(self.blocks, x, c_act, ada_shared, layout, context, context_mask, remat=self.spec.remat,
+                    scan=self.spec.scan_layers)
+    return self.final(x, c_act, layout)
 
   def __call__(self, z_t: jax.Array, t: jax.Array, cond: Conditioning | None = None) -> jax.Array:
     """Predicts v (or whatever the objective trains) for noisy latents.
 
     Args:
-      z_t: `[B, T, H, W, C]` noisy latents; T, H, W divisible by the patch size (any size: positions interpolate).
+      z_t: `[B, T, H, W, C]` noisy latents; T, H, W divisible by the patch size (any size: positions interpolate or
+        rotate, windows that do not tile the grid end in partial windows).
       t: `[B]` (or scalar) continuous time in [0, 1].
       cond: `Conditioning`; None = unconditional.
 
@@ -297,33 +345,62 @@ class VideoDiT(nnx.Module):
       raise ValueError(f"z_t must be [B, T, H, W, {spec.in_channels}]; got {z_t.shape}")
     batch = z_t.shape[0]
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
+    if cond.text is not None and (cond.text.ndim != 3 or cond.text.shape[0] != batch
+                                  or cond.text.shape[2] != spec.text_dim):
+      raise ValueError(f"cond.text must be [B, L, text_dim] with B={batch}, text_dim={spec.text_dim}; "
+                       f"got {cond.text.shape}")
 
     x, grid = self.patch_embed(self._inputs(z_t, cond))
-    x = x + self.pos_embed(grid)[None].astype(x.dtype)
-    x = constrain(x, _RESIDUAL)
-
-    c = self.t_embed(t)
-    context, context_mask = self._context(batch, cond)
-    if self.label_embed is not None:
-      labels = jnp.full((batch,), spec.num_classes, jnp.int32) if cond.labels is None else cond.labels
-      label_tokens = self.label_embed.tokens(labels)
-      c = c + jnp.sum(label_tokens, axis=1)
-      if spec.class_tokens:
-        # Every row is a learned vector, the null ones included, so no token is masked.
-        context = constrain(self.label_token_norm(label_tokens).astype(spec.compute_dtype), _RESIDUAL)
-        context_mask = jnp.ones(label_tokens.shape[:2], bool)
-    elif cond.labels is not None:
-      raise ValueError("cond.labels was given but the model was built with num_classes=0")
-    if self.text_pool is not None:
-      # Mean over real caption tokens; an all-padding (null) caption pools to zero and adds only the bias.
-      weights = context_mask.astype(jnp.float32)[..., None]
-      pooled = jnp.sum(context.astype(jnp.float32) * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
-      c = c + self.text_pool(pooled)
-    c_act = jax.nn.silu(c)
-    ada_shared = None if self.ada_shared is None else self.ada_shared(c_act)
-
-    x = run_stacked(self.blocks, x, c_act, ada_shared, grid, context, context_mask, remat=spec.remat,
-                    scan=spec.scan_layers)
-    out = self.final(x, c_act)
+    if self.pos_embed is not None:
+      x = x + self.pos_embed(grid)[None].astype(x.dtype)
+    one_clip = lambda a: None if a is None else a[:, None]  # noqa: E731  a batch row is one clip
+    c, context, mask = self._clip_conditioning(
+        t[:, None], cond.replace(labels=one_clip(cond.labels), text=one_clip(cond.text),
+                                 text_mask=one_clip(cond.text_mask)))
+    if context is not None:
+      context, mask = context[:, 0], mask[:, 0]
+    out = self._transform(x, grid, c, context, mask)
     out = unpatchify(out, grid, spec.patch_size, spec.out_channels)
     return out.astype(z_t.dtype)
+
+  def packed(self, patches: jax.Array, t: jax.Array, layout: PackedLayout,
+             cond: Conditioning | None = None) -> jax.Array:
+    """The model on packed rows (Patch n' Pack): several clips of any size and duration per row, each exactly as if
+    it ran alone (`vidgen.data.packing` builds the rows and takes the outputs back apart).
+
+    Args:
+      patches: `[B, L, P, C]` noisy latent patches, `P = pt * ph * pw` values per channel in (pt, ph, pw) order.
+      t: `[B, S]` time of each clip slot (S = most clips in a row).
+      layout: `PackedLayout` of the rows.
+      cond: per clip: labels `[B, S]`, text `[B, S, Lt, text_dim]`, text_mask `[B, S, Lt]`; per token: task
+        `[B, L, P, task_channels]`, self_cond `[B, L, P, C]`. None = unconditional.
+
+    Returns:
+      `[B, L, P, out_channels]` in the dtype of `patches`; padding tokens hold values that mean nothing.
+    """
+    spec = self.spec
+    cond = Conditioning() if cond is None else cond
+    batch, length = layout.segment_ids.shape
+    patch_values = int(np.prod(spec.patch_size))
+    if patches.shape != (batch, length, patch_values, spec.in_channels):
+      raise ValueError(f"patches must be [B, L, P, C] = {(batch, length, patch_values, spec.in_channels)} for this "
+                       f"layout and patch size {spec.patch_size}; got {patches.shape}")
+    if spec.mlp_conv:
+      raise ValueError("packed rows need dit.mlp_conv = 0: the MLP's convolution runs over whole frames")
+    t = jnp.asarray(t, jnp.float32)
+    if t.ndim != 2 or t.shape[0] != batch:
+      raise ValueError(f"t must be [B, S] (one time per clip slot) with B={batch}; got {t.shape}")
+    inputs = self._inputs(patches, cond)
+    x = self.patch_embed.proj(inputs.reshape(batch, length, -1).astype(spec.compute_dtype))
+    if self.pos_embed is not None:
+      x = x + self.pos_embed.at(layout.positions, layout.grids).astype(x.dtype)
+    c, context, mask = self._clip_conditioning(t, cond)
+    if context is not None:
+      clips, context_len = context.shape[1:3]
+      context = context.reshape(batch, clips * context_len, -1)
+      # Each token reads only its own clip's caption tokens.
+      owner = jnp.repeat(jnp.arange(clips), context_len)
+      mask = ((layout.segment_index[:, :, None] == owner[None, None, :]) & layout.valid[:, :, None]
+              & mask.reshape(batch, 1, -1))[:, None]
+    out = self._transform(x, layout, c, context, mask)
+    return out.reshape(batch, length, patch_values, spec.out_channels).astype(patches.dtype)

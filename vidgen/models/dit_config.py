@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from vidgen.config import ConfigError, require
-from vidgen.layers.attention import ATTENTION_KINDS, BACKENDS, check_window
+from vidgen.layers.attention import ATTENTION_KINDS, BACKENDS
 from vidgen.layers.embeddings import POS_EMBEDDINGS, token_grid
 from vidgen.layers.precision import COMPUTE_DTYPES, DTYPES, resolve_dtype
 from vidgen.layers.scan import REMAT_POLICIES
@@ -39,7 +39,7 @@ def _base_config() -> ml_collections.ConfigDict:
   """Every VideoDiT field with its default; one comment per field says what it is."""
   c = ml_collections.ConfigDict()
   c.variant = ""                      # Where the defaults came from; informational.
-  c.input_size = (5, 16, 16)          # Latent (T, H, W) the model is built for (learned positions, window checks).
+  c.input_size = (5, 16, 16)          # Latent (T, H, W) the position tables are built for; other sizes run too.
   c.in_channels = 8                   # Latent channels C of z_t.
   c.out_channels = 0                  # 0 = in_channels (v-prediction); 2 x C for DiT's learned-sigma head.
   c.patch_size = (1, 1, 1)            # (pt, ph, pw).
@@ -52,7 +52,9 @@ def _base_config() -> ml_collections.ConfigDict:
   c.window = (5, 8, 8)                # Spatiotemporal window in tokens (wt, wh, ww), clamped to the token grid.
   c.qk_norm = True
   c.adaln_lora_rank = 2               # 0 = a full Linear(6D) adaLN per block (DiT).
-  c.pos_embedding = "learned"         # "learned" | "sincos".
+  # "learned" | "sincos" (added to the tokens, resampled onto input_size for other grids) | "rope" (3-D rotary in
+  # self-attention, on absolute token coordinates: no table, any grid).
+  c.pos_embedding = "learned"
   c.num_classes = 0                   # 0 = no class conditioning; otherwise a table of num_classes + 1 (null).
   c.class_factors = ()                # () = one row per class; (n_0, ..., n_k): summed attribute rows (LabelEmbedder).
   c.class_tokens = False              # Also cross-attend to the label's rows (one token per factor); needs text_dim=0.
@@ -261,12 +263,6 @@ def validate_config(config: Mapping[str, Any]) -> None:
           f"must be a non-empty sequence of {ATTENTION_KINDS}, got {pattern!r}")
   require(depth % len(pattern) == 0, "dit.depth",
           f"{depth} must be a multiple of len(dit.attention_pattern) = {len(pattern)} (blocks are scanned in groups)")
-  if "spatiotemporal" in pattern:
-    grid = tuple(s // p for s, p in zip(input_size, patch))
-    try:
-      check_window(grid, window)
-    except ValueError as e:
-      raise ConfigError(f"config.dit.window: {e}") from None
   if get("class_tokens"):
     require(get("num_classes") > 0 and get("text_dim") == 0, "dit.class_tokens",
             f"needs class labels and no captions (num_classes > 0, text_dim = 0), got num_classes="
@@ -277,6 +273,11 @@ def validate_config(config: Mapping[str, Any]) -> None:
   require(pos in POS_EMBEDDINGS, "dit.pos_embedding", f"must be one of {POS_EMBEDDINGS}, got {pos!r}")
   if pos == "sincos":
     require(width % 4 == 0, "dit.width", f"sin-cos positions need a width divisible by 4, got {width}")
+  if pos == "rope":
+    head_dim = width // heads
+    require(head_dim % 2 == 0 and head_dim >= 6, "dit.num_heads",
+            f"rotary positions need an even head dim (width / num_heads) of at least 6 (a rotation pair for each of "
+            f"t, h, w), got {head_dim}")
   require(get("dtype") in COMPUTE_DTYPES, "dit.dtype", f"must be one of {COMPUTE_DTYPES}, got {get('dtype')!r}")
   require(get("param_dtype") in DTYPES, "dit.param_dtype", f"must be one of {DTYPES}, got {get('param_dtype')!r}")
   require(get("remat") in REMAT_POLICIES, "dit.remat", f"must be one of {REMAT_POLICIES}, got {get('remat')!r}")

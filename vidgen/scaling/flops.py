@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from vidgen.layers.attention import check_window
+from vidgen.layers.attention import clamp_window
 from vidgen.layers.embeddings import SpacetimePosEmbed, token_grid
 from vidgen.models.dit import VideoDiT
 from vidgen.models.dit_config import DiTSpec
@@ -26,14 +26,17 @@ from vidgen.models.text.small import SmallTextEncoder, validate_small_text_confi
 PHASES = ("video", "image")
 
 
-def _window_tokens(kind: str, grid: Sequence[int], window: Sequence[int]) -> int:
-  """Keys each query sees in a self-attention layer of `kind` on token `grid`."""
+def _attention_pairs(kind: str, grid: Sequence[int], window: Sequence[int]) -> int:
+  """(query, key) pairs a self-attention layer of `kind` computes on token `grid`: windows that do not tile the grid
+  are padded to whole windows (`vidgen.layers.attention.windowed_attention`), and the padding is computed too."""
   t, h, w = grid
   if kind == "full":
-    return t * h * w
+    return (t * h * w) ** 2
   if kind == "spatial":
-    return h * w
-  return int(np.prod(check_window(grid, window)))
+    return t * (h * w) ** 2
+  box = clamp_window(grid, window)
+  windows = int(np.prod([-(-g // b) for g, b in zip(grid, box)]))
+  return windows * int(np.prod(box)) ** 2
 
 
 def forward_macs(model_config: Mapping[str, Any] | DiTSpec, latent_shape: Sequence[int], text_len: int = 0) -> int:
@@ -66,7 +69,7 @@ def forward_macs(model_config: Mapping[str, Any] | DiTSpec, latent_shape: Sequen
     macs += spec.depth * d * 6 * d
   for kind in spec.attention_pattern * spec.num_super_blocks:
     macs += 4 * n * d * d                                         # q, k, v and output projections.
-    macs += 2 * n * _window_tokens(kind, grid, spec.window) * d   # QK^T and AV within each window.
+    macs += 2 * _attention_pairs(kind, grid, spec.window) * d     # QK^T and AV within each window.
     if spec.cross_attention:
       macs += 2 * n * d * d + 2 * text * d * d                    # Cross-attention q, out; k, v of the caption.
       macs += 2 * n * text * d                                    # Cross-attention QK^T and AV.
