@@ -14,7 +14,10 @@ appear in training; the final eval measures how often generated clips get color,
 
 Arguments (comma separated): `runlocal` (tiny and fast), `class` (class-conditional instead of captions), `flow`
 (rectified flow instead of v-prediction: the model predicts u = eps - x on z = (1 - s) x + s eps, logit-normal
-training times, Euler sampling; everything else equal, so the two objectives compare on the same data and model).
+training times, Euler sampling; everything else equal, so the two objectives compare on the same data and model),
+`buckets` (native sizes: batches of 17-frame clips at 64x64, 48x96 and 96x48, 9-frame clips and 1-frame images, each
+batch one size under a token budget; evaluated at each size and at two never trained on), `rope` (3-D rotary
+positions instead of learned tables that are resampled to other sizes).
 """
 
 import os
@@ -38,7 +41,7 @@ SAMPLE_PROMPTS = ("a red circle moving right", "a green square moving up", "a bl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, runlocal=False, flow=False, **{"class": False})
+  args = parse_arg(arg, runlocal=False, flow=False, buckets=False, rope=False, **{"class": False})
   vae_stage = load_config_file(os.path.join(_HERE, "shapes_vae.py"), "runlocal" if args.runlocal else None)
 
   config = ml_collections.ConfigDict()
@@ -75,7 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       min_radius=vae_stage.data.min_radius, max_radius=vae_stage.data.max_radius, max_speed=vae_stage.data.max_speed,
       cache_clips=2048, cache_batch=32, cache_dir="",
       image_every=4,               # every 4th batch is 1-frame latents (images), from the same cache
-      image_first=0))              # this many image batches first (an image phase before joint training)
+      image_first=0,               # this many image batches first (an image phase before joint training)
+      buckets=(),                  # (frames, height, width, weight) sizes, one per batch (vidgen.data.buckets)
+      bucket_tokens=0))            # latent tokens per bucketed batch (0 = batch_size clips in every bucket)
 
   config.conditioning = "class" if args["class"] else "text"
   config.text = small_text_config(vocab_size=shapes_tokenizer().vocab_size, max_length=8, width=64, depth=1,
@@ -85,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dit = dit_config(
       input_size=latent, in_channels=vae_stage.vae.latent_channels, patch_size=(1, 8 // fs, 8 // fs), width=64, depth=4,
       num_heads=2, attention_pattern=("spatial", "spatiotemporal"), window=(5, 4, 4), qk_norm=True,
-      adaln_lora_rank=0, pos_embedding="learned", pooled_text=not args["class"],
+      adaln_lora_rank=0, pos_embedding="rope" if args.rope else "learned", pooled_text=not args["class"],
       num_classes=NUM_CLASSES if args["class"] else 0, class_factors=CLASS_FACTORS if args["class"] else (),
       class_tokens=args["class"],
       text_dim=0 if args["class"] else config.text.width)
@@ -121,6 +126,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       at_end=True, seed=1234, samples_per_combination=4, held_out_samples_per_combination=8, combinations=(),
       batch_size=28, reconstruction_clips=8))
 
+  if args.buckets:
+    # Each batch holds about as many tokens as a default batch (32 clips of 5x8x8 tokens): 32 square 17-frame clips,
+    # 28 of the wide or tall ones, 53 of 9 frames, or the cap of 64 images. Images replace every-4th-batch images.
+    config.batch_size = 64
+    config.data.update(image_every=0, bucket_tokens=32 * 320, buckets=(
+        (17, 64, 64, 3.0), (17, 48, 96, 2.0), (17, 96, 48, 2.0), (9, 64, 64, 1.0), (1, 64, 64, 2.0)))
+    # Seen sizes besides the default one, then two never trained on: a wider aspect ratio and twice the frames.
+    config.eval.sizes = ((17, 48, 96), (17, 96, 48), (9, 64, 64), (17, 48, 128), (33, 64, 64))
+
   if args.runlocal:
     config.total_steps = 4
     config.batch_size = 4
@@ -134,4 +148,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sampling.update(steps=4, prompts=SAMPLE_PROMPTS[:2])
     config.eval.update(samples_per_combination=1, held_out_samples_per_combination=1, batch_size=9,
                        combinations=SAMPLE_PROMPTS[:2] + tuple(config.data.held_out), reconstruction_clips=2)
+    if args.buckets:
+      config.batch_size = 8
+      config.data.update(image_every=0, bucket_tokens=4 * 20,
+                         buckets=((5, 32, 32, 1.0), (5, 16, 48, 1.0), (1, 32, 32, 1.0)))
+      config.eval.sizes = ((5, 16, 48), (9, 32, 32))
   return config

@@ -15,6 +15,7 @@ A cache is only used by a run whose fingerprint matches; any other is refused wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -236,6 +237,47 @@ class LatentIterator:
     if self.is_image_batch(b):
       batch["mean"], batch["std"] = batch["mean"][:, :1], batch["std"][:, :1]
     return self.transform(batch) if self.transform else batch
+
+  def get_state(self) -> dict[str, int]:
+    return {"next_batch": int(self.next_batch)}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self.next_batch = int(state["next_batch"])
+
+
+@dataclasses.dataclass
+class BucketedCache:
+  """The latent caches of a run with size buckets (`vidgen.data.buckets`), in bucket order, under `directory`."""
+
+  directory: str
+  caches: list[LatentCache]
+
+
+class BucketedIterator:
+  """Batches of several latent caches, one per size bucket (`vidgen.data.buckets`); state {"next_batch": int}.
+
+  Global batch b comes from bucket `schedule(b)[0]`, as that bucket's own batch number `schedule(b)[1]` in its
+  `LatentIterator`, so the stream is a pure function of b and resuming at `next_batch` continues every bucket exactly.
+  """
+
+  def __init__(self, caches: list[LatentCache], batches: list[int], schedule: Callable[[int], tuple[int, int]], *,
+               seed: int, process_index: int = 0, process_count: int = 1,
+               transform: Callable[[dict], dict] | None = None):
+    self.schedule = schedule
+    self.iterators = [LatentIterator(cache, global_batch=batch, seed=seed + k, process_index=process_index,
+                                     process_count=process_count, transform=transform)
+                      for k, (cache, batch) in enumerate(zip(caches, batches))]
+    self.next_batch = 0
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    bucket, count = self.schedule(self.next_batch)
+    self.next_batch += 1
+    iterator = self.iterators[bucket]
+    iterator.next_batch = count
+    return next(iterator)
 
   def get_state(self) -> dict[str, int]:
     return {"next_batch": int(self.next_batch)}

@@ -21,6 +21,7 @@ from vidgen.scaling.flops import (
     param_counts,
     text_encoder_forward_flops,
     text_encoder_param_counts,
+    train_flops_per_example,
     train_flops_per_step,
 )
 from vidgen.scaling.sweep import Point, expand, point_result, training_compute
@@ -29,5 +30,5 @@ __all__ = [
     "ChinchillaFit", "IsoflopFit", "IsoflopProfile", "Point", "PowerLawFit", "compute_optimal_frontier", "expand",
     "family_member", "family_table", "fit_chinchilla", "fit_isoflop", "fit_power_law", "forward_flops",
     "forward_macs", "param_count", "param_counts", "point_result", "text_encoder_forward_flops",
-    "text_encoder_param_counts", "train_flops_per_step", "training_compute",
+    "text_encoder_param_counts", "train_flops_per_example", "train_flops_per_step", "training_compute",
 ]

@@ -143,13 +143,19 @@ def train_flops_per_step(config: Mapping[str, Any], phase: str) -> int:
     raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
   spec = DiTSpec.from_config(config["dit"])
   grid = (1, *spec.input_size[1:]) if phase == "image" else tuple(spec.input_size)
+  return int(config["batch_size"]) * train_flops_per_example(config, grid)
+
+
+def train_flops_per_example(config: Mapping[str, Any], latent_grid: Sequence[int]) -> int:
+  """Model FLOPs of training on one example of latent size `latent_grid` (T, H, W) (see `train_flops_per_step`)."""
+  spec = DiTSpec.from_config(config["dit"])
   captions = config["conditioning"] == "text"
   text_len = int(config["text"]["max_length"]) if captions else 0
   dit_passes = 4 if spec.self_condition else 3
-  per_example = dit_passes * forward_flops(spec, grid, text_len)
+  per_example = dit_passes * forward_flops(spec, tuple(latent_grid), text_len)
   if captions and text_encoder_kind(config["text"]) == "small":
     per_example += 3 * text_encoder_forward_flops(config["text"], text_len)
-  return int(config["batch_size"]) * per_example
+  return per_example
 
 
 def _counts(model: nnx.Module) -> dict[str, int]:

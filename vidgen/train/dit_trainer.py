@@ -29,7 +29,8 @@ from flax import nnx
 
 from vidgen import diffusion, media
 from vidgen.config import ConfigError, require
-from vidgen.data.latent_cache import LatentCache, LatentIterator, is_image_batch
+from vidgen.data.buckets import Bucket, BucketSchedule, check_no_buckets_with, parse_buckets, plan_batches
+from vidgen.data.latent_cache import BucketedCache, BucketedIterator, LatentCache, LatentIterator, is_image_batch
 from vidgen.data.sources import get_source
 from vidgen.models.dit import Conditioning, drop_conditioning
 from vidgen.models.dit_config import DiTSpec
@@ -38,7 +39,7 @@ from vidgen.models.vae import SpacetimeVAE, latent_grid
 from vidgen.parallel import axis_rules, state_shardings
 from vidgen.pipeline import VideoPipeline
 from vidgen.runs import dit_models
-from vidgen.scaling import train_flops_per_step
+from vidgen.scaling import train_flops_per_example, train_flops_per_step
 from vidgen.train.optim import make_optimizer, optimizer_state_shardings, validate_optimizer_config
 from vidgen.train.validation import ValidationLoss, validate_validation_config, validation_settings
 
@@ -112,18 +113,55 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
           f"must equal the VAE's latent_channels={vae_config['latent_channels']}, got {spec.in_channels}")
   require(spec.num_heads % mesh_shape["tensor"] == 0, "dit.num_heads",
           f"{spec.num_heads} heads cannot be split over mesh.tensor={mesh_shape['tensor']} devices")
+  buckets = bucket_plan(config, vae_config, mesh_shape)
+  if buckets:
+    require(d.cache_clips >= max(b.batch for b in buckets), "data.cache_clips",
+            f"must be >= the largest bucket batch {max(b.batch for b in buckets)}, got {d.cache_clips}")
+
+
+def bucket_plan(config: ml_collections.ConfigDict, vae_config, mesh_shape: dict[str, int]) -> tuple[Bucket, ...]:
+  """The run's size buckets with their batch sizes (`vidgen.data.buckets`); () without `data.buckets`. Checks every
+  bucket's size against the VAE and the patch, and the fields buckets replace."""
+  d = config.data
+  buckets = parse_buckets(d)
+  if not buckets:
+    require(not d.get("bucket_tokens", 0), "data.bucket_tokens", "is a token budget for data.buckets; set buckets or 0")
+    return ()
+  check_no_buckets_with(d)
+  spec = DiTSpec.from_config(config.dit)
+  ft, fs = vae_config["temporal_downsample"], vae_config["spatial_downsample"]
+  tokens = []
+  for i, b in enumerate(buckets):
+    require((b.frames - 1) % ft == 0, f"data.buckets[{i}]",
+            f"{b.name}: frames must be 1 + {ft}k for the VAE's {ft}x temporal down-sampling")
+    for name, value, p in (("height", b.height, spec.patch_size[1]), ("width", b.width, spec.patch_size[2])):
+      require(value % (fs * p) == 0, f"data.buckets[{i}]",
+              f"{b.name}: {name} must be divisible by VAE factor x patch = {fs} x {p}")
+    t, h, w = latent_grid(vae_config, b.frames, b.height, b.width)
+    require(t % spec.patch_size[0] == 0, f"data.buckets[{i}]",
+            f"{b.name}: its {t} latent frames are not a multiple of the temporal patch {spec.patch_size[0]}")
+    tokens.append(t * h * w // int(np.prod(spec.patch_size)))
+  budget = d.get("bucket_tokens", 0)
+  require(isinstance(budget, int) and budget >= 0, "data.bucket_tokens",
+          f"must be an integer >= 0 (0 = batch_size clips in every bucket), got {budget!r}")
+  multiple = int(np.lcm(mesh_shape["data"] * mesh_shape["fsdp"], jax.process_count()))
+  return plan_batches(buckets, tokens, bucket_tokens=budget, max_batch=config.batch_size, multiple=multiple)
 
 
 class DiTTrainer:
   """A latent VideoDiT on a built latent cache (see the module docstring); `config` validated by `validate_config`."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str, *,
-               vae: SpacetimeVAE, cache: LatentCache, text_encoder: Any = None,
+               vae: SpacetimeVAE, cache: LatentCache | BucketedCache, text_encoder: Any = None,
                validation: dict[str, np.ndarray] | None = None):
     """`text_encoder`: the frozen encoder of a `config.text.encoder = "hf"` run (its caption embeddings are in the
     cache; sampling during training encodes prompts with it). `validation`: the validation set stored beside the
     cache (`stages.load_validation_set`), for the validation loss logged at every evaluation."""
     self.config, self.mesh, self.workdir, self.vae, self.cache = config, mesh, workdir, vae, cache
+    self.buckets = bucket_plan(config, vae.config, dict(mesh.shape))
+    self.bucket_schedule = BucketSchedule([b.weight for b in self.buckets], config.data.seed) if self.buckets else None
+    if bool(self.buckets) != isinstance(cache, BucketedCache):
+      raise ValueError("a run with data.buckets reads a BucketedCache (one cache per bucket), and only such a run does")
     self.text_encoder = text_encoder
     self.frozen_text = config.conditioning == "text" and text_encoder_kind(config.text) == "hf"
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
@@ -157,13 +195,21 @@ class DiTTrainer:
     return DiTState(step=rep, params=self._param_shardings, ema_params=self._param_shardings, opt_state=opt)
 
   def model_flops_per_step(self, phase: str) -> int:
-    """Training FLOPs of one step of `phase` ("video" or "image"): `vidgen.scaling.train_flops_per_step`."""
+    """Training FLOPs of one step of `phase` ("video", "image" or a size bucket's "bucket_K"):
+    `vidgen.scaling.train_flops_per_step`, or a bucket's batch x its clips' FLOPs."""
+    if phase.startswith("bucket_"):
+      b = self.buckets[int(phase.split("_")[1])]
+      grid = latent_grid(self.vae.config, b.frames, b.height, b.width)
+      return b.batch * train_flops_per_example(self.config, grid)
     return train_flops_per_step(self.config, phase)
 
   # -- data --------------------------------------------------------------------------------------------------------
 
-  def make_iterator(self, process_index: int, process_count: int) -> LatentIterator:
+  def make_iterator(self, process_index: int, process_count: int) -> LatentIterator | BucketedIterator:
     d = self.config.data
+    if self.buckets:
+      return BucketedIterator(self.cache.caches, [b.batch for b in self.buckets], self.bucket_schedule, seed=d.seed,
+                              process_index=process_index, process_count=process_count, transform=self._tokenize)
     return LatentIterator(self.cache, global_batch=self.config.batch_size, seed=d.seed, process_index=process_index,
                           process_count=process_count, image_every=d.image_every,
                           image_first=d.get("image_first", 0), transform=self._tokenize)
@@ -186,7 +232,10 @@ class DiTTrainer:
   # -- training ----------------------------------------------------------------------------------------------------
 
   def phase(self, step: int) -> str:
-    """Static variant: image batches (1 latent frame) and video batches have different shapes."""
+    """Static variant: image batches (1 latent frame) and video batches have different shapes; with size buckets,
+    each bucket ("bucket_K") is one."""
+    if self.buckets:
+      return f"bucket_{self.bucket_schedule(step)[0]}"
     d = self.config.data
     return "image" if is_image_batch(step, d.image_every, d.get("image_first", 0)) else "video"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -191,8 +192,12 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
       variant = (phase, tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())))
       if variant not in executables:
         jax.block_until_ready(state)
+        started = time.perf_counter()
         lowered = train_step.lower(state, batch, counters, phase)
         executables[variant] = (lowered.compile(), flops_per_step(trainer, phase, lowered))
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(batch.items()) if k in ("mean", "x", "video"))
+        log(f"step {step}: compiled a step program for {shapes} (phase {phase}) in "
+            f"{time.perf_counter() - started:.1f} s; {len(executables)} so far")
         writer.reset_timer(step)
         interval = []
       executable, flops = executables[variant]

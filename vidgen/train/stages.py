@@ -28,7 +28,8 @@ from flax import nnx
 
 from vidgen import runs
 from vidgen.config import require
-from vidgen.data.latent_cache import LatentCache
+from vidgen.data.buckets import parse_buckets
+from vidgen.data.latent_cache import BucketedCache, LatentCache
 from vidgen.data.sources import get_source
 from vidgen.models.vae import SpacetimeVAE
 from vidgen.models.text.frozen import encode_captions, load_frozen_text_encoder, text_encoder_kind
@@ -91,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str
-            ) -> tuple[jax.sharding.Mesh, SpacetimeVAE, LatentCache, Any]:
+            ) -> tuple[jax.sharding.Mesh, SpacetimeVAE, LatentCache | BucketedCache, Any]:
   """Stages 1 and 2 of a validated DiT config: (mesh, trained VAE, latent cache, frozen text encoder or None).
 
   A sweep calls this once to build the VAE and cache its points share.
@@ -153,22 +154,20 @@ def text_fingerprint(text_config) -> dict:
 
 
 def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: SpacetimeVAE, vae_step: int,
-                 mesh: jax.sharding.Mesh, text_encoder: Any = None) -> LatentCache:
+                 mesh: jax.sharding.Mesh, text_encoder: Any = None) -> LatentCache | BucketedCache:
   """Stage 2: opens workdir/latents (or config.data.cache_dir), encoding the training clips into it first if needed.
 
   The cache stores the VAE posterior's mean and std (un-normalized) of `data.cache_clips` clips of the training
   stream (rounded up to whole `data.cache_batch` batches), and with a frozen `text_encoder` the captions' embeddings.
-  Every process encodes its own shard of the stream; a build that stops resumes; a cache built by another VAE, data
-  or text config is refused (see `vidgen.data.latent_cache`).
+  With `data.buckets`, every bucket gets a cache of its own in DIR/bucket_FxHxW (`data.cache_clips` clips at that
+  size each) and a `BucketedCache` is returned. Every process encodes its own shard of the stream; a build that stops
+  resumes; a cache built by another VAE, data or text config is refused (see `vidgen.data.latent_cache`).
   """
   d = config.data
   directory = os.path.abspath(d.cache_dir) if d.cache_dir else os.path.join(workdir, "latents")
   graph, params, stats = nnx.split(vae, nnx.Param, ...)
   source = get_source(d)
-  fingerprint = {"vae": {"config": vae.config, "step": int(vae_step), "params_sha256": params_fingerprint(params)},
-                 "data": {**source.fingerprint(), "clips": d.cache_clips}}
-  if text_encoder is not None:
-    fingerprint["text"] = text_fingerprint(config.text)
+  vae_fingerprint = {"config": vae.config, "step": int(vae_step), "params_sha256": params_fingerprint(params)}
   rules = tuple(tuple(r) for r in config.sharding_rules)
   shard_index, shard_count = batch_shard(mesh, d.cache_batch)
   video_sharding = batch_sharding(mesh, 5)
@@ -191,19 +190,32 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
   barrier = lambda name: None
   if jax.process_count() > 1:
     barrier = lambda name: multihost_utils.sync_global_devices(name)
-  if LatentCache.exists(directory):
-    log(f"stage 2/3: using the latent cache {directory}")
+
+  def one_cache(path: str, **size: int) -> LatentCache:
+    """The cache of the training stream (at `size` = num_frames, height, width when given) in `path`."""
+    fingerprint = {"vae": vae_fingerprint, "data": {**source.fingerprint(), **size, "clips": d.cache_clips}}
+    if text_encoder is not None:
+      fingerprint["text"] = text_fingerprint(config.text)
+    if LatentCache.exists(path):
+      log(f"stage 2/3: using the latent cache {path}")
+    else:
+      log(f"stage 2/3: encoding {d.cache_clips} clips into the latent cache {path}")
+      batches = source.iterator("train", global_batch=d.cache_batch, shard_index=shard_index,
+                                shard_count=shard_count, **size)
+      try:
+        LatentCache.build(path, fingerprint=fingerprint, batches=batches, num_batches=-(-d.cache_clips // d.cache_batch),
+                          encode_fn=encode_fn, text_fn=text_fn, shard_index=shard_index, shard_count=shard_count,
+                          is_main=jax.process_index() == 0, barrier=barrier, log=log)
+      finally:
+        getattr(batches, "close", lambda: None)()
+    return LatentCache.open(path, fingerprint)  # the fingerprint is checked before anything is added beside it
+
+  buckets = parse_buckets(d)
+  if buckets:
+    cache = BucketedCache(directory, [one_cache(os.path.join(directory, f"bucket_{b.name}"), num_frames=b.frames,
+                                                height=b.height, width=b.width) for b in buckets])
   else:
-    log(f"stage 2/3: encoding {d.cache_clips} clips into the latent cache {directory}")
-    batches = source.iterator("train", global_batch=d.cache_batch, shard_index=shard_index, shard_count=shard_count)
-    try:
-      LatentCache.build(directory, fingerprint=fingerprint, batches=batches,
-                        num_batches=-(-d.cache_clips // d.cache_batch),
-                        encode_fn=encode_fn, text_fn=text_fn, shard_index=shard_index, shard_count=shard_count,
-                        is_main=jax.process_index() == 0, barrier=barrier, log=log)
-    finally:
-      getattr(batches, "close", lambda: None)()
-  cache = LatentCache.open(directory, fingerprint)  # the fingerprint is checked before anything is added beside it
+    cache = one_cache(directory)
   if validation_settings(config)["clips"]:
     _validation_set(config, directory, source, encode_fn, text_fn, shard_index, shard_count, barrier)
   return cache
@@ -242,7 +254,8 @@ def _validation_set(config, directory, source, encode_fn, text_fn, shard_index, 
   barrier("validation_set")
 
 
-def load_validation_set(config: ml_collections.ConfigDict, cache: LatentCache) -> dict[str, np.ndarray] | None:
+def load_validation_set(config: ml_collections.ConfigDict, cache: LatentCache | BucketedCache
+                        ) -> dict[str, np.ndarray] | None:
   """The validation set stored beside `cache` (None when `config.validation.clips` is 0 or absent)."""
   n = validation_settings(config)["clips"]
   if not n:

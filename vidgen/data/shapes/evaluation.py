@@ -36,6 +36,7 @@ EVAL_FIELDS = ("at_end", "seed", "samples_per_combination", "batch_size", "recon
 OPTIONAL_EVAL_FIELDS = {
     "held_out_samples_per_combination": None,  # None: samples_per_combination
     "combinations": (),  # () = every color x shape x direction; else only these ("red circle left", ...)
+    "sizes": (),  # more (frames, height, width) to measure prompt-following at (native sizes, buckets, unseen ones)
 }
 
 
@@ -64,6 +65,12 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
     except ValueError as err:
       raise ConfigError(f"config.eval.combinations: {err}") from None
   require(len(set(chosen)) == len(chosen), "eval.combinations", f"lists a combination twice: {list(e.combinations)}")
+  for i, size in enumerate(e.get("sizes", ())):
+    ok = (isinstance(size, (tuple, list)) and len(size) == 3
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size))
+    require(ok and size[0] > 1, f"eval.sizes[{i}]",
+            f"must be (frames, height, width) with frames > 1 (the reader needs motion to read a direction), got "
+            f"{size!r}")
 
 
 def eval_prompts(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
@@ -78,14 +85,16 @@ def eval_prompts(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
           "held_out": [caption(*c) for c in every if c in held for _ in range(held_samples)]}
 
 
-def _generate(pipe, config, prompts: list[str]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def _generate(pipe, config, prompts: list[str], size: dict[str, int] | None = None
+              ) -> tuple[np.ndarray, list[tuple[int, int]]]:
   """Clips for `prompts` in batches of config.eval.batch_size, and per clip its (seed, index in batch): the batch
-  starting at clip i uses seed config.eval.seed + i, so every clip has noise of its own and can be generated again."""
+  starting at clip i uses seed config.eval.seed + i, so every clip has noise of its own and can be generated again.
+  `size`: num_frames, height and width (default: the run's own)."""
   batch, seed = config.eval.batch_size, config.eval.seed
   out, ids = [], []
   for i in range(0, len(prompts), batch):
     chunk = prompts[i:i + batch]
-    out.append(pipe(chunk, seed=seed + i, **pipe.sampling_defaults()))
+    out.append(pipe(chunk, seed=seed + i, **{**pipe.sampling_defaults(), **(size or {})}))
     ids += [(seed + i, j) for j in range(len(chunk))]
   return np.concatenate(out), ids
 
@@ -116,15 +125,15 @@ def _split_result(readings: dict, ids: list[tuple[int, int]], combinations: int)
   return result
 
 
-def prompt_following_results(pipe, config: ml_collections.ConfigDict) -> dict:
+def prompt_following_results(pipe, config: ml_collections.ConfigDict, size: dict[str, int] | None = None) -> dict:
   """Generates every clip of `eval_prompts` in one stream and reads them back: {"seen", "held_out"} (where a split has
   combinations), each {"count", "combinations", "color", "shape", "direction", "all" (fractions), "correct" (counts),
   "interval" ({attribute: [low, high]}, 95% Wilson), "abstained" (clips read "none" per attribute and in any),
   "failed_checks" (clips failing each of the reader's checks),
-  "examples" (per clip: prompt, seed, index, predicted, correct)}."""
+  "examples" (per clip: prompt, seed, index, predicted, correct)}. `size`: as `_generate`."""
   by_split = eval_prompts(config)
   prompts = by_split["seen"] + by_split["held_out"]  # one stream, so no two clips share a seed and index
-  videos, ids = _generate(pipe, config, prompts)
+  videos, ids = _generate(pipe, config, prompts, size)
   results, start = {}, 0
   for split, split_prompts in by_split.items():
     if not split_prompts:  # e.g. no held-out combinations in this config
@@ -145,6 +154,11 @@ def evaluate(pipe, config: ml_collections.ConfigDict, workdir: str | None = None
   results: dict[str, Any] = {"sampling": dict(pipe.sampling_defaults(), seed=config.eval.seed,
                                               batch_size=config.eval.batch_size)}
   results.update(prompt_following_results(pipe, config))
+  if config.eval.get("sizes", ()):
+    results["sizes"] = {
+        "x".join(str(v) for v in size): prompt_following_results(
+            pipe, config, dict(num_frames=size[0], height=size[1], width=size[2]))
+        for size in config.eval.sizes}
   results["vae_psnr"] = reconstruction_psnr(pipe, config)
   if workdir is not None and jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
@@ -167,6 +181,9 @@ def summary(results: dict) -> dict[str, float]:
     for attr in ("color", "shape", "direction", "all"):
       out[f"{split}_{attr}"] = float(r[attr])
       out[f"{split}_{attr}_low"], out[f"{split}_{attr}_high"] = (float(v) for v in r["interval"][attr])
+  for name, by_split in results.get("sizes", {}).items():  # the headline per extra size: all three right
+    for split, r in by_split.items():
+      out[f"size_{name}_{split}_all"] = float(r["all"])
   return out
 
 
@@ -187,5 +204,13 @@ def format_table(results: dict) -> str:
     if results.get(split, {}).get("failed_checks"):
       checks = ", ".join(f"{name} {n}" for name, n in results[split]["failed_checks"].items())
       rows.append(f"Why {split.replace('_', '-')} clips abstained (clips failing each check): {checks}")
+  if results.get("sizes"):
+    rows += ["\nAt other sizes (frames x height x width), all three attributes right:",
+             "| size | combinations | clips | all three | abstained |", "|---|---|---|---|---|"]
+    for name, by_split in results["sizes"].items():
+      for split, r in by_split.items():
+        low, high = r["interval"]["all"]
+        rows.append(f"| {name} | {split.replace('_', '-')} | {r['count']} | {r['all']:.1%} ({low:.1%}-{high:.1%}) | "
+                    f"{r['abstained']['any']} |")
   rows.append(f"VAE reconstruction PSNR: {results['vae_psnr']:.2f} dB")
   return "\n".join(rows)
