@@ -16,8 +16,9 @@ Arguments (comma separated): `runlocal` (tiny and fast), `class` (class-conditio
 (rectified flow instead of v-prediction: the model predicts u = eps - x on z = (1 - s) x + s eps, logit-normal
 training times, Euler sampling; everything else equal, so the two objectives compare on the same data and model),
 `buckets` (native sizes: batches of 17-frame clips at 64x64, 48x96 and 96x48, 9-frame clips and 1-frame images, each
-batch one size under a token budget; evaluated at each size and at two never trained on), `rope` (3-D rotary
-positions instead of learned tables that are resampled to other sizes).
+batch one size under a token budget; evaluated at each size and at two never trained on), `packing` (the same sizes
+packed into rows of 1024 tokens instead, Patch n' Pack), `rope` (3-D rotary positions instead of learned tables that
+are resampled to other sizes).
 """
 
 import os
@@ -41,7 +42,8 @@ SAMPLE_PROMPTS = ("a red circle moving right", "a green square moving up", "a bl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, runlocal=False, flow=False, buckets=False, rope=False, **{"class": False})
+  args = parse_arg(arg, runlocal=False, flow=False, buckets=False, packing=False, rope=False, **{"class": False})
+  args.buckets = args.buckets or args.packing  # packing packs the buckets' sizes
   vae_stage = load_config_file(os.path.join(_HERE, "shapes_vae.py"), "runlocal" if args.runlocal else None)
 
   config = ml_collections.ConfigDict()
@@ -80,7 +82,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       image_every=4,               # every 4th batch is 1-frame latents (images), from the same cache
       image_first=0,               # this many image batches first (an image phase before joint training)
       buckets=(),                  # (frames, height, width, weight) sizes, one per batch (vidgen.data.buckets)
-      bucket_tokens=0))            # latent tokens per bucketed batch (0 = batch_size clips in every bucket)
+      bucket_tokens=0,             # latent tokens per bucketed batch (0 = batch_size clips in every bucket)
+      packing=False,               # True: batch_size rows of clips of every bucket's size, packed (Patch n' Pack)
+      pack_length=0,               # tokens per packed row
+      pack_slots=0))               # most clips per packed row
 
   config.conditioning = "class" if args["class"] else "text"
   config.text = small_text_config(vocab_size=shapes_tokenizer().vocab_size, max_length=8, width=64, depth=1,
@@ -134,6 +139,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         (17, 64, 64, 3.0), (17, 48, 96, 2.0), (17, 96, 48, 2.0), (9, 64, 64, 1.0), (1, 64, 64, 2.0)))
     # Seen sizes besides the default one, then two never trained on: a wider aspect ratio and twice the frames.
     config.eval.sizes = ((17, 48, 96), (17, 96, 48), (9, 64, 64), (17, 48, 128), (33, 64, 64))
+  if args.packing:
+    # The same sizes packed into rows of 1024 tokens (3 square 17-frame clips, plus whatever else fits), 10 rows a
+    # batch: about as many tokens as a bucketed batch.
+    config.data.update(bucket_tokens=0, packing=True, pack_length=1024, pack_slots=16)
+    config.batch_size = 10
 
   if args.runlocal:
     config.total_steps = 4
@@ -153,4 +163,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.data.update(image_every=0, bucket_tokens=4 * 20,
                          buckets=((5, 32, 32, 1.0), (5, 16, 48, 1.0), (1, 32, 32, 1.0)))
       config.eval.sizes = ((5, 16, 48), (9, 32, 32))
+      if args.packing:
+        config.batch_size = 2
+        config.data.update(bucket_tokens=0, pack_length=48, pack_slots=4)
   return config

@@ -1,14 +1,18 @@
 """Packing benchmark: training throughput and token efficiency of one mix of clip sizes, batched three ways.
 
-On CPU, a run in seconds (preset "tiny": a W.A.L.T-style model shrunk to width 128, depth 2):
+On CPU (preset "tiny": a W.A.L.T-style model shrunk to width 128, depth 2; float32). The default mix takes about two
+minutes, mostly compiling its 7 programs; a mix of fewer sizes compiles fewer:
 
   python -m vidgen.benchmarks.packing --steps 3
-  python -m vidgen.benchmarks.packing --mix 1x16x16,5x16x16,9x8x24,3x8x8 --copies 2 --steps 3
+  python -m vidgen.benchmarks.packing --mix 1x16x16,5x16x16,3x8x24 --copies 2 --steps 3
 
-On one accelerator (the numbers to quote; W.A.L.T-L with patch 1x2x2, bf16 compute):
+On one accelerator (the numbers to quote; W.A.L.T-L with patch 1x2x2, bf16 compute; add `--remat dots` or `full` when
+the padded batch does not fit):
 
-  python -m vidgen.benchmarks.packing --preset walt-l --copies 8 --dtype bfloat16 --steps 10
-  python -m vidgen.benchmarks.packing --preset walt-l --copies 8 --dtype bfloat16 --steps 10 --row_length 8192
+  python -m vidgen.benchmarks.packing --preset walt-l --dtype bfloat16 --steps 10
+  python -m vidgen.benchmarks.packing --preset walt-l --dtype bfloat16 --steps 10 --copies 4 --remat full
+  python -m vidgen.benchmarks.packing --preset walt-l --dtype bfloat16 --steps 10 --modes bucketed,packed \
+      --copies 4 --row_length 8192
 
 Every clip of `--mix` (latent T x H x W, each used `--copies` times, `--channels` channels) goes through one VideoDiT
 training step per pass, in one of three ways (`--modes`):
@@ -184,7 +188,7 @@ def packed_loss(model: VideoDiT, inputs: Mapping[str, Any]) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Inputs of each mode, from the same clips: latents and targets `[T, H, W, C]` each, times `[n]`, captions `[n, Lt, Dt]`.
+# Each mode's inputs from the same clips: latents and targets `[T, H, W, C]` each, times `[n]`, captions `[n, Lt, Dt]`.
 
 
 def padded_inputs(latents: Sequence[np.ndarray], targets: Sequence[np.ndarray], times: np.ndarray,

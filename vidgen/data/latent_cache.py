@@ -23,7 +23,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from vidgen.data.packing import pack
 from vidgen.errors import UserError
+from vidgen.layers.embeddings import token_grid
 
 META = "meta.json"
 FORMAT_VERSION = 1
@@ -278,6 +280,82 @@ class BucketedIterator:
     iterator = self.iterators[bucket]
     iterator.next_batch = count
     return next(iterator)
+
+  def get_state(self) -> dict[str, int]:
+    return {"next_batch": int(self.next_batch)}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self.next_batch = int(state["next_batch"])
+
+
+class PackedIterator:
+  """Packed rows (Patch n' Pack) of cached latents of several sizes, one cache per size bucket; state
+  {"next_batch": int}.
+
+  Row r of global batch b is filled from its own random stream (seed, b, r): clips are drawn (bucket by weight,
+  then a clip of that bucket's cache, with replacement) and kept while they fit the row's tokens and clip slots,
+  until `misses` draws in a row did not fit. Rows are independent of the process count and of each other, so each
+  process builds only its own rows and a resumed run continues exactly.
+
+  A batch holds per token `mean`, `std` `[rows, L, P, C]` and the layout (`segment_ids`, `positions`, `grids`), per
+  clip slot `label` `[rows, S]` (-1 in empty slots), `caption` `[rows, S]` ("" in empty slots), the cache's other
+  per-clip arrays (a frozen text encoder's `text`, `text_mask`; zeros in empty slots) and what `transform` adds.
+  """
+
+  def __init__(self, caches: list[LatentCache], weights: list[float], *, patch: tuple[int, int, int],
+               row_length: int, slots: int, global_rows: int, seed: int, process_index: int = 0,
+               process_count: int = 1, misses: int = 8, transform: Callable[[dict], dict] | None = None):
+    if global_rows % process_count:
+      raise ValueError(f"{global_rows} rows must be divisible by the process count {process_count}")
+    self.caches, self.patch, self.row_length, self.slots = caches, tuple(patch), row_length, slots
+    self.p = np.asarray(weights, np.float64) / np.sum(weights)
+    self.grids = [token_grid(c.latent_shape[:3], self.patch) for c in caches]
+    too_long = [c.directory for c, g in zip(caches, self.grids) if np.prod(g) > row_length]
+    if too_long:
+      raise ValueError(f"clips of {too_long[0]} have more tokens than a packed row ({row_length})")
+    self.local_rows = global_rows // process_count
+    self.first_row = process_index * self.local_rows
+    self.seed, self.misses, self.transform = seed, misses, transform
+    self.next_batch = 0
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def row_clips(self, b: int, r: int) -> list[tuple[int, int]]:
+    """(bucket, clip index) of every clip in row r of global batch b."""
+    rng = np.random.default_rng([self.seed, 104729, b, r])
+    clips, used, missed = [], 0, 0
+    while len(clips) < self.slots and missed < self.misses:
+      k = int(rng.choice(len(self.p), p=self.p))
+      i = int(rng.integers(len(self.caches[k])))
+      tokens = int(np.prod(self.grids[k]))
+      if used + tokens <= self.row_length:
+        clips.append((k, i))
+        used += tokens
+        missed = 0
+      else:
+        missed += 1
+    return clips
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    b = self.next_batch
+    self.next_batch += 1
+    rows = []
+    for r in range(self.first_row, self.first_row + self.local_rows):
+      picked = [self.caches[k].batch(np.array([i])) for k, i in self.row_clips(b, r)]
+      packed = pack([c["mean"][0] for c in picked], patch=self.patch, row_length=self.row_length, rows=1,
+                    slots=self.slots)
+      row = {"mean": packed.patches[0], "std": packed.pack_like([c["std"][0] for c in picked])[0],
+             "segment_ids": packed.layout.segment_ids[0], "positions": packed.layout.positions[0],
+             "grids": packed.layout.grids[0]}
+      for key in picked[0]:  # per-clip fields: label, caption and, with a frozen text encoder, its embeddings
+        if key not in ("mean", "std"):
+          values = np.concatenate([c[key] for c in picked])
+          fill = {"label": -1, "caption": ""}.get(key, 0)
+          row[key] = packed.per_clip(values.astype(object) if key == "caption" else values, fill=fill)[0]
+      rows.append(row)
+    batch = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+    return self.transform(batch) if self.transform else batch
 
   def get_state(self) -> dict[str, int]:
     return {"next_batch": int(self.next_batch)}

@@ -327,16 +327,18 @@ def segment_attention(
     q, k, v: `[B, L, heads, d]`.
     segment_ids: `[B, L]` int, 0 = padding (attends to nothing, outputs zeros), 1, 2, ... = the clip a token is of.
     groups: optional `[B, L, G]` int window coordinates (`window_groups`); tokens attend only where all are equal.
-    backend: "xla" or "cudnn" (both take the boolean mask), or "auto".
+    backend: "xla" or "cudnn" (both take the boolean mask), or "auto" (cuDNN on GPU where it qualifies, else XLA).
     scale: logit scale; default `1 / sqrt(d)`.
   """
   segment_ids = jnp.asarray(segment_ids)
   mask = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids > 0)[:, None, :]
   if groups is not None:
     mask = mask & jnp.all(groups[:, :, None, :] == groups[:, None, :, :], axis=-1)
+  if backend == "splash":
+    raise ValueError("packed attention needs a token-pair mask, which the splash wrapper does not take; use "
+                     "backend='auto' (XLA on TPU for packed rows) or 'xla'")
   if resolve_backend(backend, q.dtype, q.shape[-1]) == "splash":
-    raise ValueError("packed attention needs a token-pair mask, which the splash wrapper does not take yet; use "
-                     "dit.attention_backend='xla' for packed batches on TPU")
+    backend = "xla"
   return full_attention(q, k, v, mask=mask[:, None], backend=backend, scale=scale)
 
 

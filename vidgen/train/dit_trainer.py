@@ -30,8 +30,16 @@ from flax import nnx
 from vidgen import diffusion, media
 from vidgen.config import ConfigError, require
 from vidgen.data.buckets import Bucket, BucketSchedule, check_no_buckets_with, parse_buckets, plan_batches
-from vidgen.data.latent_cache import BucketedCache, BucketedIterator, LatentCache, LatentIterator, is_image_batch
+from vidgen.data.latent_cache import (
+    BucketedCache,
+    BucketedIterator,
+    LatentCache,
+    LatentIterator,
+    PackedIterator,
+    is_image_batch,
+)
 from vidgen.data.sources import get_source
+from vidgen.layers.layout import PackedLayout, per_clip
 from vidgen.models.dit import Conditioning, drop_conditioning
 from vidgen.models.dit_config import DiTSpec
 from vidgen.models.text.frozen import text_encoder_kind, text_width, validate_text_config
@@ -114,9 +122,40 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
   require(spec.num_heads % mesh_shape["tensor"] == 0, "dit.num_heads",
           f"{spec.num_heads} heads cannot be split over mesh.tensor={mesh_shape['tensor']} devices")
   buckets = bucket_plan(config, vae_config, mesh_shape)
-  if buckets:
+  if buckets and not d.get("packing", False):
     require(d.cache_clips >= max(b.batch for b in buckets), "data.cache_clips",
             f"must be >= the largest bucket batch {max(b.batch for b in buckets)}, got {d.cache_clips}")
+  validate_packing(config, vae_config)
+
+
+def validate_packing(config: ml_collections.ConfigDict, vae_config) -> None:
+  """`data.packing` (Patch n' Pack rows of `data.pack_length` tokens, at most `data.pack_slots` clips a row,
+  `batch_size` rows a batch) and the fields it needs or replaces."""
+  d = config.data
+  packing = d.get("packing", False)
+  require(isinstance(packing, bool), "data.packing", f"must be True or False, got {packing!r}")
+  if not packing:
+    for field in ("pack_length", "pack_slots"):
+      require(not d.get(field, 0), f"data.{field}", "is a packing setting; set data.packing=True or leave it 0")
+    return
+  buckets = parse_buckets(d)
+  require(bool(buckets), "data.packing", "needs data.buckets: the clip sizes that are packed together")
+  require(not d.get("bucket_tokens", 0), "data.bucket_tokens",
+          "sizes bucketed batches; with data.packing rows are data.pack_length tokens, so it must be 0")
+  spec = DiTSpec.from_config(config.dit)
+  require(spec.mlp_conv == 0, "dit.mlp_conv", "must be 0 with data.packing: the MLP's convolution runs over whole "
+                                              "frames, which packed rows do not have")
+  require(spec.attention_backend != "splash", "dit.attention_backend",
+          "cannot be 'splash' with data.packing (packed attention needs a token-pair mask; 'auto' uses XLA there)")
+  longest = max(int(np.prod(latent_grid(vae_config, b.frames, b.height, b.width))) // int(np.prod(spec.patch_size))
+                for b in buckets)
+  length, slots = d.get("pack_length", 0), d.get("pack_slots", 0)
+  require(isinstance(length, int) and length >= longest, "data.pack_length",
+          f"must be an integer >= {longest}, the tokens of the largest bucket's clips, got {length!r}")
+  require(isinstance(slots, int) and slots >= 1, "data.pack_slots", f"must be an integer >= 1, got {slots!r}")
+  require(config.get("grad_accum_steps", 1) == 1, "grad_accum_steps",
+          "must be 1 with data.packing: rows hold different numbers of clips, so averaging micro-batch means would "
+          "not give the batch's mean over clips")
 
 
 def bucket_plan(config: ml_collections.ConfigDict, vae_config, mesh_shape: dict[str, int]) -> tuple[Bucket, ...]:
@@ -159,6 +198,7 @@ class DiTTrainer:
     cache (`stages.load_validation_set`), for the validation loss logged at every evaluation."""
     self.config, self.mesh, self.workdir, self.vae, self.cache = config, mesh, workdir, vae, cache
     self.buckets = bucket_plan(config, vae.config, dict(mesh.shape))
+    self.packing = bool(config.data.get("packing", False))
     self.bucket_schedule = BucketSchedule([b.weight for b in self.buckets], config.data.seed) if self.buckets else None
     if bool(self.buckets) != isinstance(cache, BucketedCache):
       raise ValueError("a run with data.buckets reads a BucketedCache (one cache per bucket), and only such a run does")
@@ -194,9 +234,13 @@ class DiTTrainer:
     opt = optimizer_state_shardings(self.optimizer, abstract.opt_state, self._param_shardings, self.mesh)
     return DiTState(step=rep, params=self._param_shardings, ema_params=self._param_shardings, opt_state=opt)
 
-  def model_flops_per_step(self, phase: str) -> int:
+  def model_flops_per_step(self, phase: str) -> int | None:
     """Training FLOPs of one step of `phase` ("video", "image" or a size bucket's "bucket_K"):
-    `vidgen.scaling.train_flops_per_step`, or a bucket's batch x its clips' FLOPs."""
+    `vidgen.scaling.train_flops_per_step`, or a bucket's batch x its clips' FLOPs. None for packed rows, whose mix
+    of clips changes every step: the loop then reports XLA's count of the compiled step (attention over whole rows
+    included, as it is computed)."""
+    if phase == "packed":
+      return None
     if phase.startswith("bucket_"):
       b = self.buckets[int(phase.split("_")[1])]
       grid = latent_grid(self.vae.config, b.frames, b.height, b.width)
@@ -207,6 +251,11 @@ class DiTTrainer:
 
   def make_iterator(self, process_index: int, process_count: int) -> LatentIterator | BucketedIterator:
     d = self.config.data
+    if self.packing:
+      return PackedIterator(self.cache.caches, [b.weight for b in self.buckets], patch=self.spec.patch_size,
+                            row_length=d.pack_length, slots=d.pack_slots, global_rows=self.config.batch_size,
+                            seed=d.seed, process_index=process_index, process_count=process_count,
+                            transform=self._tokenize)
     if self.buckets:
       return BucketedIterator(self.cache.caches, [b.batch for b in self.buckets], self.bucket_schedule, seed=d.seed,
                               process_index=process_index, process_count=process_count, transform=self._tokenize)
@@ -215,14 +264,29 @@ class DiTTrainer:
                           image_first=d.get("image_first", 0), transform=self._tokenize)
 
   def _tokenize(self, batch: dict) -> dict:
-    if self.tokenizer is not None:
+    if self.tokenizer is None:
+      return batch
+    if not self.packing:
       batch["ids"], batch["mask"] = self.tokenizer(list(batch["caption"]))
+      return batch
+    # Packed rows have [rows, slots] captions; empty slots ("") get no tokens at all.
+    captions = np.asarray(batch["caption"]).reshape(-1)
+    real = np.flatnonzero(captions != "")
+    ids, mask = self.tokenizer([str(c) for c in captions[real]])
+    batch["ids"] = np.zeros((len(captions), ids.shape[1]), ids.dtype)
+    batch["mask"] = np.zeros((len(captions), mask.shape[1]), mask.dtype)
+    batch["ids"][real], batch["mask"][real] = ids, mask
+    shape = np.shape(batch["caption"])
+    batch["ids"], batch["mask"] = batch["ids"].reshape(*shape, -1), batch["mask"].reshape(*shape, -1)
     return batch
 
   def host_batch(self, batch: dict) -> dict[str, np.ndarray]:
     out = {"mean": batch["mean"], "std": batch["std"]}
+    if self.packing:
+      out.update({k: batch[k] for k in ("segment_ids", "positions", "grids")})
     if self.config.conditioning == "class":
-      out["label"] = batch["label"]
+      # Empty clip slots of packed rows (label -1) read the null class; nothing uses their output.
+      out["label"] = np.where(batch["label"] < 0, self.spec.num_classes, batch["label"]).astype(np.int32)
     elif self.frozen_text:
       out["text"], out["mask"] = batch["text"], batch["text_mask"]
     elif self.config.conditioning == "text":
@@ -234,10 +298,21 @@ class DiTTrainer:
   def phase(self, step: int) -> str:
     """Static variant: image batches (1 latent frame) and video batches have different shapes; with size buckets,
     each bucket ("bucket_K") is one."""
+    if self.packing:
+      return "packed"
     if self.buckets:
       return f"bucket_{self.bucket_schedule(step)[0]}"
     d = self.config.data
     return "image" if is_image_batch(step, d.image_every, d.get("image_first", 0)) else "video"
+
+  def clip_conditioning(self, params: dict, batch: dict, drop: jax.Array) -> Conditioning:
+    """Per-clip conditioning of packed rows (labels, captions `[rows, slots, ...]`), guidance dropout applied."""
+    rows, slots = drop.shape
+    flat = {k: batch[k].reshape(rows * slots, *batch[k].shape[2:]) for k in ("label", "ids", "text", "mask")
+            if k in batch}
+    cond = drop_conditioning(self.conditioning(params, flat), drop.reshape(-1), self.spec.num_classes)
+    unflat = lambda a: None if a is None else a.reshape(rows, slots, *a.shape[1:])  # noqa: E731
+    return cond.replace(labels=unflat(cond.labels), text=unflat(cond.text), text_mask=unflat(cond.text_mask))
 
   def conditioning(self, params: dict, batch: dict) -> Conditioning:
     """Batch (+ text-encoder params) -> the DiT's conditioning."""
@@ -262,16 +337,21 @@ class DiTTrainer:
     # All randomness is drawn for the whole batch before it is split into micro-batches, so gradient accumulation
     # changes the memory footprint, not the result.
     mean = batch.pop("mean")
+    # One time, guidance drop and self-conditioning draw per example: per clip slot in packed rows.
+    examples = (mean.shape[0], self.config.data.pack_slots) if self.packing else (mean.shape[0],)
     z = mean + batch.pop("std") * jax.random.normal(k_z, mean.shape)
-    batch.update(x=(z - self.latent_shift) / self.latent_scale, t=self.objective.sample_t(k_t, mean.shape[0]),
+    batch.update(x=(z - self.latent_shift) / self.latent_scale,
+                 t=self.objective.sample_t(k_t, int(np.prod(examples))).reshape(examples),
                  eps=jax.random.normal(k_eps, mean.shape),
-                 drop=jax.random.bernoulli(k_drop, cfg.diffusion.guidance_dropout, (mean.shape[0],)))
+                 drop=jax.random.bernoulli(k_drop, cfg.diffusion.guidance_dropout, examples))
     if self.spec.self_condition:
       # A key of its own keeps the other draws equal to those of a model without self-conditioning.
       p = cfg.diffusion.get("self_condition_prob", diffusion.DEFAULT_SELF_CONDITION_PROB)
-      batch["self_cond"] = jax.random.bernoulli(jax.random.fold_in(key, 1), p, (mean.shape[0],))
+      batch["self_cond"] = jax.random.bernoulli(jax.random.fold_in(key, 1), p, examples)
 
     def loss_fn(params, micro):
+      if self.packing:
+        return self.packed_loss(params, micro, k_eps)
       dit = nnx.merge(self.graphs["dit"], params["dit"])
       # Guidance dropout: a dropped example gets the null class / an empty caption.
       cond = drop_conditioning(self.conditioning(params, micro), micro["drop"], self.spec.num_classes)
@@ -303,6 +383,35 @@ class DiTTrainer:
     ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema_params, params)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
     return DiTState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+
+  def packed_loss(self, params: dict, batch: dict, key: jax.Array) -> jax.Array:
+    """The objective on packed rows: each clip's loss exactly as it would be alone (the mean over its elements,
+    weighted by its time), averaged over the clips of the batch, every clip counting once whatever its size (as
+    in an unpacked batch; weighting by tokens would let long high-resolution clips dominate)."""
+    dit = nnx.merge(self.graphs["dit"], params["dit"])
+    layout = PackedLayout(batch["segment_ids"], batch["positions"], batch["grids"])
+    cond = self.clip_conditioning(params, batch, batch["drop"])
+    t_clip = batch["t"]
+    rows, length = layout.segment_ids.shape
+    token_shape = batch["x"].shape[2:]
+    # Every token is an example of the objective, with its clip's time: the per-token losses of a clip then average
+    # to that clip's loss.
+    t_token = per_clip(t_clip, layout).reshape(-1)
+    flat = lambda a: a.reshape(rows * length, *token_shape)  # noqa: E731
+    packed = lambda a: a.reshape(rows, length, *token_shape)  # noqa: E731
+    denoise = lambda z_t, t: flat(dit.packed(packed(z_t), t_clip, layout, cond))
+    if self.spec.self_condition:
+      use = per_clip(batch["self_cond"], layout).reshape(-1)
+      denoise = diffusion.self_conditioned(
+          lambda z_t, t, x_prev: flat(dit.packed(packed(z_t), t_clip, layout, cond.replace(self_cond=packed(x_prev)))),
+          self.schedule, use, self.objective.prediction)
+    per_token = self.objective.loss(denoise, flat(batch["x"]), key, t=t_token, eps=flat(batch["eps"]))
+    valid = layout.valid.astype(jnp.float32).reshape(-1)
+    clip_of = layout.segment_index.reshape(-1) + jnp.repeat(jnp.arange(rows), length) * t_clip.shape[1]
+    sums = jnp.zeros(t_clip.size).at[clip_of].add(per_token * valid)
+    counts = jnp.zeros(t_clip.size).at[clip_of].add(valid)
+    real = counts > 0
+    return jnp.sum(jnp.where(real, sums / jnp.maximum(counts, 1.0), 0.0)) / jnp.maximum(jnp.sum(real), 1)
 
   # -- sampling and evaluation ---------------------------------------------------------------------------------------
 
