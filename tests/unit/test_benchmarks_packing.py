@@ -28,7 +28,7 @@ def test_cli_runs_every_mode_with_exact_token_counts(capsys):
       "--mix", "2x4x4,1x8x4", "--copies", str(copies), "--channels", "4", "--text_len", "2", "--text_dim", "8",
       "--row_length", str(row_length), "--steps", "1", "--dtype", "float32"])
   by_mode = {r.mode: r for r in rows}
-  assert [r.mode for r in rows] == ["padded", "bucketed", "packed"]
+  assert [r.mode for r in rows] == ["padded", "bucketed", "packed_masked", "packed"]
 
   clips = [s for s in sizes for _ in range(copies)]
   tokens = [math.prod(s) // math.prod(PATCH) for s in clips]
@@ -50,10 +50,11 @@ def test_cli_runs_every_mode_with_exact_token_counts(capsys):
   assert bucketed.computed_tokens == real and bucketed.token_efficiency == 1.0
 
   # Four clips of 8 tokens in rows of 24: three fill the first row, the fourth starts a second.
-  packed = by_mode["packed"]
-  assert packed.programs == 1
-  assert packed.computed_tokens == 2 * row_length
-  assert packed.token_efficiency == pytest.approx(32 / 48)
+  for mode in ("packed", "packed_masked"):  # the same rows; only how attention finds each token's window differs
+    packed = by_mode[mode]
+    assert packed.programs == 1
+    assert packed.computed_tokens == 2 * row_length
+    assert packed.token_efficiency == pytest.approx(32 / 48)
 
   table = capsys.readouterr().out
   for mode in packing_bench.MODES:

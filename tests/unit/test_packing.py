@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidgen.data.packing import pack, plan
-from vidgen.layers.embeddings import SpacetimePosEmbed, apply_rope, rope_angles
-from vidgen.layers.layout import grid_positions
+from vidgen.data.packing import block_shapes, pack, plan
+from vidgen.layers.embeddings import SpacetimePosEmbed, apply_rope, rope_angles, token_grid
+from vidgen.layers.layout import grid_positions, window_gather
 from vidgen.models.dit import Conditioning, VideoDiT
 from vidgen.models.dit_config import dit_config
 
@@ -71,8 +71,10 @@ def _inputs(spec, rng):
   return latents, rng.uniform(0, 1, n).astype(np.float32), cond
 
 
+@pytest.mark.parametrize("gathered", [False, True], ids=["masked", "window_blocks"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_packed_rows_equal_each_clip_alone(name):
+def test_packed_rows_equal_each_clip_alone(name, gathered):
+  """Forward and gradients, with attention as a mask over each row or on window blocks (`pack(blocks=...)`)."""
   config = _config(name)
   model = random_model(config)
   graphdef, params = nnx.split(model)
@@ -82,7 +84,12 @@ def test_packed_rows_equal_each_clip_alone(name):
   patch = spec.patch_size
   tokens = [int(np.prod(s)) // int(np.prod(patch)) for s in SIZES]
   # Rows sized so that the first row is filled exactly by the largest clips and another has padding.
-  batch = pack(latents, patch=patch, row_length=tokens[0] + tokens[2], slots=4)
+  row_length = tokens[0] + tokens[2]
+  blocks = None
+  if gathered:
+    blocks = block_shapes(spec.packed_windows, [token_grid(s, patch) for s in SIZES], row_length)
+  batch = pack(latents, patch=patch, row_length=row_length, slots=4, blocks=blocks)
+  assert (batch.layout.gathers is not None) == gathered
   assert batch.rows >= 2 and 0.5 < batch.token_efficiency() < 1.0
   assert any(int(np.sum(batch.layout.segment_ids[r] > 0)) == batch.row_length for r in range(batch.rows))
   packed_cond = Conditioning(
@@ -213,3 +220,27 @@ def test_rotary_attention_logits_depend_only_on_offsets():
   for offset in [(1, 0, 0), (0, 1, 0), (0, 0, 1)]:  # every axis moves the logit
     assert abs(logit((1, 2, 3), tuple(a + b for a, b in zip((0, 5, 1), offset))) - base) > 1e-3
   assert float(jnp.sum(q * k)) == pytest.approx(logit((2, 2, 2), (2, 2, 2)), rel=1e-5)
+
+
+def test_window_blocks_list_each_window_once_and_refuse_what_does_not_fit():
+  grids = [(3, 4, 6), (1, 4, 4)]
+  latents = [np.zeros((*g, 1), np.float32) for g in grids]
+  batch = pack(latents, patch=(1, 1, 1), row_length=100, slots=2)
+  seg, pos = batch.layout.segment_ids, batch.layout.positions
+  windows, size = block_shapes({"st": (2, 3, 4)}, grids, 100)["st"][1:]
+  gather = window_gather(seg, pos, (2, 3, 4), windows=windows, window_size=size)
+  tokens, valid = gather.tokens[0], gather.valid[0]
+  real = tokens[valid]
+  assert sorted(real.tolist()) == list(range(88))  # every real token exactly once; padding (88..99) nowhere
+  np.testing.assert_array_equal(tokens.reshape(-1)[gather.slot[0, :88]], np.arange(88))  # slot inverts tokens
+  for w in range(windows):  # one clip and one window per block
+    members = tokens[w][valid[w]]
+    if len(members):
+      assert len(set(seg[0, members])) == 1
+      assert len({tuple(p) for p in pos[0, members] // np.array([2, 3, 4])}) == 1
+  # clip 0 (3x4x6) has 2 x 2 x 2 windows, clip 1 (1x4x4) 1 x 2 x 1: 10 windows.
+  assert int(valid.any(axis=1).sum()) == 10
+  with pytest.raises(ValueError, match="row 0 has 10 windows"):
+    window_gather(seg, pos, (2, 3, 4), windows=9, window_size=size)
+  with pytest.raises(ValueError, match="of up to 24 tokens"):
+    window_gather(seg, pos, (2, 3, 4), windows=windows, window_size=8)

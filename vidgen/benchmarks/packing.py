@@ -1,4 +1,4 @@
-"""Packing benchmark: training throughput and token efficiency of one mix of clip sizes, batched three ways.
+"""Packing benchmark: training throughput and token efficiency of one mix of clip sizes, batched four ways.
 
 On CPU (preset "tiny": a W.A.L.T-style model shrunk to width 128, depth 2; float32). The default mix takes about two
 minutes, mostly compiling its 7 programs; a mix of fewer sizes compiles fewer:
@@ -15,14 +15,15 @@ the padded batch does not fit):
       --copies 4 --row_length 8192
 
 Every clip of `--mix` (latent T x H x W, each used `--copies` times, `--channels` channels) goes through one VideoDiT
-training step per pass, in one of three ways (`--modes`):
+training step per pass, in one of four ways (`--modes`):
   * padded: every clip zero-padded to the largest T, H and W of the mix, one batch through `VideoDiT.__call__`
     (windowed attention on the grid); the padding is computed and wasted.
   * bucketed: clips grouped by exact size, one compiled program per distinct size, each bucket a batch through
     `VideoDiT.__call__`; its step time is the sum of the buckets' median times (one pass over the mix).
   * packed: clips packed end to end into rows of `--row_length` tokens (`vidgen.data.packing.pack`, first fit, longest
-    first; as many rows as `plan` needs) and run through `VideoDiT.packed`, whose attention builds an [L, L] segment
-    mask per layer, so its cost grows with L^2 where the grid modes grow with N x window.
+    first; as many rows as `plan` needs) and run through `VideoDiT.packed`, attention on fixed-size window blocks
+    (`pack(blocks=...)`, sized for the mix's grids), so its cost grows with windows x window size as the grid modes'.
+  * packed_masked: the same rows with attention as an [L, L] segment-and-window mask per layer instead (cost L^2).
 
 What is timed: forward + backward + AdamW update with global-norm clipping (as `vidgen.benchmarks.dit`), jitted with the
 state donated; every mode threads the same parameters and optimizer state. The loss is a v-prediction-style MSE
@@ -53,7 +54,7 @@ import optax
 from flax import nnx
 
 from vidgen.benchmarks.dit import compiled_memory, model_config, time_round_robin
-from vidgen.data.packing import PackedBatch, pack, plan
+from vidgen.data.packing import PackedBatch, block_shapes, pack, plan
 from vidgen.layers.attention import ATTENTION_KINDS
 from vidgen.layers.embeddings import POS_EMBEDDINGS, token_grid
 from vidgen.layers.precision import COMPUTE_DTYPES
@@ -61,7 +62,7 @@ from vidgen.layers.scan import REMAT_POLICIES
 from vidgen.models.dit import Conditioning, VideoDiT
 from vidgen.models.dit_config import DiTSpec
 
-MODES = ("padded", "bucketed", "packed")
+MODES = ("padded", "bucketed", "packed_masked", "packed")
 DEFAULT_MIX = ((1, 32, 32), (5, 32, 32), (9, 24, 48), (9, 48, 24), (3, 16, 16))
 
 # Settings a preset fills in when --variant is not given: size fields are None = the variant's own.
@@ -217,15 +218,16 @@ def bucket_inputs(latents: Sequence[np.ndarray], targets: Sequence[np.ndarray], 
 
 
 def packed_inputs(latents: Sequence[np.ndarray], targets: Sequence[np.ndarray], times: np.ndarray, text: np.ndarray,
-                  *, patch: Sequence[int], row_length: int, slots: int | None = None
-                  ) -> tuple[dict[str, Any], PackedBatch]:
+                  *, patch: Sequence[int], row_length: int, slots: int | None = None,
+                  blocks: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], PackedBatch]:
   """Clips packed into as many rows of `row_length` tokens as `plan` needs; `elements` `[R, S]` holds each clip slot's
-  real target elements (0 = empty slot)."""
+  real target elements (0 = empty slot). `blocks`: window blocks for attention (`vidgen.data.packing.block_shapes`);
+  None = a mask over each whole row."""
   grids = [token_grid(np.shape(x)[:3], patch) for x in latents]
   placements = plan(grids, row_length, slots=slots)
   rows = max(p.row for p in placements) + 1
   slots = slots if slots is not None else max(p.slot for p in placements) + 1
-  batch = pack(latents, patch=patch, row_length=row_length, rows=rows, slots=slots)
+  batch = pack(latents, patch=patch, row_length=row_length, rows=rows, slots=slots, blocks=blocks)
   elements = np.asarray([np.size(y) for y in targets], np.float32)
   inputs = dict(patches=batch.patches, t=batch.per_clip(times), text=batch.per_clip(text),
                 target=batch.pack_like(targets), elements=batch.per_clip(elements), layout=batch.layout)
@@ -335,7 +337,10 @@ def run(mix: Sequence[Sequence[int]] = DEFAULT_MIX, *, copies: int = 1, channels
       built.append(_Mode(mode, f"{len(programs)} buckets", programs, real_tokens, 1.0))
     else:
       length = row_length if row_length is not None else default_row_length(max(tokens))
-      inputs, batch = packed_inputs(latents, targets, times, text, patch=patch, row_length=length, slots=slots)
+      # "packed": attention on window blocks sized for the mix's grids; "packed_masked": a mask over each row.
+      blocks = block_shapes(spec.packed_windows, grids, length) if mode == "packed" else None
+      inputs, batch = packed_inputs(latents, targets, times, text, patch=patch, row_length=length, slots=slots,
+                                    blocks=blocks)
       program = Program(shared, shared.step_fn(packed_loss), inputs)
       built.append(_Mode(mode, f"{batch.rows} rows x {length} (S={batch.slots})", [program],
                          batch.rows * batch.row_length, batch.token_efficiency()))

@@ -13,13 +13,13 @@ for every mix of sizes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import einops
 import numpy as np
 
 from vidgen.layers.embeddings import token_grid
-from vidgen.layers.layout import PackedLayout, grid_positions
+from vidgen.layers.layout import PackedLayout, gather_bounds, grid_positions, window_gather
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +147,16 @@ def _unpatchify(tokens: np.ndarray, grid: Sequence[int], patch: Sequence[int]) -
                           pw=pw)
 
 
+def block_shapes(windows: Mapping[str, Any], grids: Sequence[Sequence[int]], row_length: int
+                 ) -> dict[str, tuple[Any, int, int]]:
+  """{attention kind: (window, windows per row, window size)} for `pack(blocks=...)`: fixed block shapes that hold
+  the windows of any row of clips with token grids among `grids` (e.g. every bucket's), so one compiled program
+  serves every mix. `windows`: {kind: window in packed rows}, e.g. `DiTSpec.packed_windows`."""
+  return {kind: (window, *gather_bounds(grids, window, row_length)) for kind, window in windows.items()}
+
+
 def pack(latents: Sequence[np.ndarray], *, patch: Sequence[int], row_length: int, rows: int | None = None,
-         slots: int | None = None) -> PackedBatch:
+         slots: int | None = None, blocks: Mapping[str, tuple[Any, int, int]] | None = None) -> PackedBatch:
   """Patchifies `latents` (each `[T, H, W, C]`, any T, H, W divisible by `patch`) and packs them into rows.
 
   Args:
@@ -157,6 +165,8 @@ def pack(latents: Sequence[np.ndarray], *, patch: Sequence[int], row_length: int
     row_length: tokens per row.
     rows: fixed number of rows (static shapes for jit); None = as many as needed.
     slots: fixed clip slots per row; None = the most any row got.
+    blocks: optional `block_shapes(...)`: the layout then carries each attention kind's window blocks
+      (`vidgen.layers.layout.WindowGather`), and attention costs windows x window size instead of the row squared.
   """
   patch = tuple(int(p) for p in patch)
   if not latents:
@@ -184,6 +194,11 @@ def pack(latents: Sequence[np.ndarray], *, patch: Sequence[int], row_length: int
     segment_ids[p.row, span] = p.slot + 1
     positions[p.row, span] = grid_positions(p.grid)
     grid_of[p.row, span] = p.grid
-  batch = PackedBatch(patches=np.empty((n_rows, row_length, 0, 0)), layout=PackedLayout(segment_ids, positions, grid_of),
+  gathers = None
+  if blocks:
+    gathers = {kind: window_gather(segment_ids, positions, window, windows=n, window_size=size)
+               for kind, (window, n, size) in blocks.items()}
+  layout = PackedLayout(segment_ids, positions, grid_of, gathers)
+  batch = PackedBatch(patches=np.empty((n_rows, row_length, 0, 0)), layout=layout,
                       placements=placements, patch=patch, slots=n_slots)
   return dataclasses.replace(batch, patches=batch.pack_like(latents))

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from vidgen.layers.embeddings import apply_rope, rope_angles
-from vidgen.layers.layout import Layout, PackedLayout, grid_positions
+from vidgen.layers.layout import Layout, PackedLayout, WindowGather, grid_positions
 from vidgen.layers.norms import RMSNorm
 from vidgen.parallel.sharding import constrain, logical
 
@@ -295,6 +295,14 @@ def windowed_attention(
   return out.reshape(q.shape)
 
 
+def packed_window(kind: str, window: Sequence[int] | None) -> tuple[int | None, ...] | None:
+  """The window of an attention `kind` in packed rows, where grids differ per clip: None = the whole clip, a None
+  axis = the whole axis (a spatial window is one whole frame)."""
+  if kind not in ATTENTION_KINDS:
+    raise ValueError(f"attention kind {kind!r} is not known; allowed: {ATTENTION_KINDS}")
+  return {"full": None, "spatial": (1, None, None), "spatiotemporal": None if window is None else tuple(window)}[kind]
+
+
 def window_groups(positions: jax.Array, window: Sequence[int | None] | None) -> jax.Array:
   """Per-token window coordinates `[..., 3]` (int32) from token coordinates `[..., 3]` (t, h, w) within a clip:
   `None` = full attention (all zeros), a None axis = the whole axis (a spatial window is `(1, None, None)`).
@@ -340,6 +348,26 @@ def segment_attention(
   if resolve_backend(backend, q.dtype, q.shape[-1]) == "splash":
     backend = "xla"
   return full_attention(q, k, v, mask=mask[:, None], backend=backend, scale=scale)
+
+
+def gathered_attention(q: jax.Array, k: jax.Array, v: jax.Array, gather: WindowGather, *, valid: jax.Array,
+                       backend: Backend = "xla", scale: float | None = None) -> jax.Array:
+  """Self-attention of packed rows within the windows `gather` lists (`vidgen.layers.layout.window_gather`): tokens
+  are gathered into `[B * windows, window_size]` blocks, attend within their block (unused entries masked), and are
+  put back. Equal to `segment_attention` with the same windows, at `windows x window_size^2` cost.
+
+  Args:
+    q, k, v: `[B, L, heads, d]`.
+    gather: the row's window blocks.
+    valid: `[B, L]` bool, False for padding tokens (their output is zero).
+  """
+  batch, length, heads, dim = q.shape
+  _, windows, size = gather.tokens.shape
+  index = gather.tokens.reshape(batch, windows * size)[:, :, None, None]
+  blocks = [jnp.take_along_axis(x, index, axis=1).reshape(batch * windows, size, heads, dim) for x in (q, k, v)]
+  out = full_attention(*blocks, mask=gather.valid.reshape(batch * windows, size), backend=backend, scale=scale)
+  out = jnp.take_along_axis(out.reshape(batch, windows * size, heads, dim), gather.slot[:, :, None, None], axis=1)
+  return out * valid[:, :, None, None].astype(out.dtype)
 
 
 def heads_projection(in_features: int, shape: tuple[int, ...], *, dtype, param_dtype, rngs: nnx.Rngs
@@ -402,6 +430,10 @@ class SelfAttention(nnx.Module):
     self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype, axis_name="kv") if qk_norm else None
     self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype, axis_name="kv") if qk_norm else None
 
+  @property
+  def packed_window(self) -> tuple[int | None, ...] | None:
+    return packed_window(self.kind, self.window)
+
   def window_for(self, grid: Sequence[int]) -> tuple[int, int, int] | None:
     """The attention window on a concrete token grid; None means full attention."""
     if self.kind == "full":
@@ -427,9 +459,10 @@ class SelfAttention(nnx.Module):
       q, k = apply_rope(q, angles), apply_rope(k, angles)
     names = ("act_batch", "act_len", "act_heads", None)
     q, k, v = constrain(q, names), constrain(k, names), constrain(v, names)
-    if packed:
-      window = {"full": None, "spatial": (1, None, None), "spatiotemporal": self.window}[self.kind]
-      groups = None if window is None else window_groups(layout.positions, window)
+    if packed and layout.gathers and self.kind in layout.gathers:
+      y = gathered_attention(q, k, v, layout.gathers[self.kind], valid=layout.valid, backend=self.backend)
+    elif packed:
+      groups = window_groups(layout.positions, self.packed_window)
       y = segment_attention(q, k, v, segment_ids=layout.segment_ids, groups=groups, backend=self.backend)
     else:
       window = self.window_for(layout)

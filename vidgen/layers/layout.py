@@ -24,11 +24,14 @@ class PackedLayout:
       `segment_id - 1`).
     positions: `[B, L, 3]` int32 coordinates (t, h, w) of each token in its clip's token grid (0 for padding).
     grids: `[B, L, 3]` int32 token grid (T, H, W) of each token's clip (1 for padding).
+    gathers: optional {attention kind: `WindowGather`}: self-attention of that kind runs on fixed-size window
+      blocks instead of a mask over the whole row (same result, far less work when windows are small).
   """
 
   segment_ids: jax.Array
   positions: jax.Array
   grids: jax.Array
+  gathers: dict | None = None
 
   @property
   def segment_index(self) -> jax.Array:
@@ -55,3 +58,74 @@ def per_clip(values: jax.Array, layout: PackedLayout) -> jax.Array:
   """Per-clip values `[B, S, ...]` -> per-token `[B, L, ...]` (each token reads its clip's row)."""
   index = layout.segment_index.reshape(*layout.segment_index.shape, *([1] * (values.ndim - 2)))
   return jnp.take_along_axis(values, index, axis=1)
+
+
+@flax.struct.dataclass
+class WindowGather:
+  """The windows of packed rows as fixed-size blocks, for attention at `windows x window_size` cost instead of a
+  row-by-row mask. Built on the host by `window_gather`.
+
+  Attributes:
+    tokens: `[B, windows, window_size]` int32 row position of each block entry (0 where unused).
+    valid: `[B, windows, window_size]` bool, True where an entry is a real token.
+    slot: `[B, L]` int32 flat block entry (`window * window_size + k`) of each token (0 for padding tokens).
+  """
+
+  tokens: jax.Array
+  valid: jax.Array
+  slot: jax.Array
+
+
+def _window_keys(segment_ids, positions, window) -> np.ndarray:
+  """`[L, 4]` (segment, window coordinates) of each token; `window` as `vidgen.layers.attention.window_groups`."""
+  keys = np.zeros((len(segment_ids), 4), np.int64)
+  keys[:, 0] = segment_ids
+  if window is not None:
+    for axis, size in enumerate(window):
+      if size is not None:
+        keys[:, 1 + axis] = positions[:, axis] // size
+  return keys
+
+
+def window_gather(segment_ids: np.ndarray, positions: np.ndarray, window, *, windows: int,
+                  window_size: int) -> WindowGather:
+  """Blocks of the windows of packed rows (numpy, host side): `segment_ids` `[B, L]`, `positions` `[B, L, 3]`;
+  `window` None (a whole clip), or per axis a size or None (the whole axis). ValueError when a row has more than
+  `windows` windows or a window more than `window_size` tokens."""
+  segment_ids, positions = np.asarray(segment_ids), np.asarray(positions)
+  batch, length = segment_ids.shape
+  tokens = np.zeros((batch, windows, window_size), np.int32)
+  valid = np.zeros((batch, windows, window_size), bool)
+  slot = np.zeros((batch, length), np.int32)
+  for b in range(batch):
+    real = np.flatnonzero(segment_ids[b] > 0)
+    if not len(real):
+      continue
+    _, window_of, counts = np.unique(_window_keys(segment_ids[b, real], positions[b, real], window), axis=0,
+                                     return_inverse=True, return_counts=True)
+    window_of = window_of.reshape(-1)
+    if len(counts) > windows or counts.max() > window_size:
+      raise ValueError(f"row {b} has {len(counts)} windows of up to {counts.max()} tokens for window {window}; the "
+                       f"blocks hold {windows} windows of {window_size}")
+    order = np.argsort(window_of, kind="stable")  # tokens of a window stay in raster order
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(real), np.int64)
+    rank[order] = np.arange(len(real)) - starts[window_of[order]]
+    tokens[b, window_of, rank] = real
+    valid[b, window_of, rank] = True
+    slot[b, real] = window_of * window_size + rank
+  return WindowGather(tokens, valid, slot)
+
+
+def gather_bounds(grids: Sequence[Sequence[int]], window, row_length: int) -> tuple[int, int]:
+  """(windows, window_size) that hold the windows of any row of `row_length` tokens made of clips of the token grids
+  `grids`: a window is at most the largest clip's window, and a row's windows are at most its tokens times the most
+  windows per token of any grid."""
+  sizes, ratios = [], []
+  for grid in grids:
+    grid = np.asarray(grid)
+    box = grid if window is None else np.array([g if w is None else min(w, g) for g, w in zip(grid, window)])
+    count = int(np.prod(-(-grid // box)))
+    sizes.append(int(np.prod(box)))
+    ratios.append(count / int(np.prod(grid)))
+  return max(min(int(np.ceil(row_length * max(ratios))), row_length), 1), max(sizes)

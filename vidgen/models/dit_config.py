@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from vidgen.config import ConfigError, require
-from vidgen.layers.attention import ATTENTION_KINDS, BACKENDS
+from vidgen.layers.attention import ATTENTION_KINDS, BACKENDS, packed_window
 from vidgen.layers.embeddings import POS_EMBEDDINGS, token_grid
 from vidgen.layers.precision import COMPUTE_DTYPES, DTYPES, resolve_dtype
 from vidgen.layers.scan import REMAT_POLICIES
@@ -203,6 +203,11 @@ class DiTSpec:
   @property
   def token_grid(self) -> tuple[int, int, int]:
     return token_grid(self.input_size, self.patch_size)
+
+  @property
+  def packed_windows(self) -> dict[str, tuple[int | None, ...] | None]:
+    """{attention kind: its window in packed rows} for the kinds this model uses (`vidgen.data.packing.pack`)."""
+    return {kind: packed_window(kind, self.window) for kind in dict.fromkeys(self.attention_pattern)}
 
   @property
   def num_super_blocks(self) -> int:

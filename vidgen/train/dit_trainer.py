@@ -39,7 +39,9 @@ from vidgen.data.latent_cache import (
     is_image_batch,
 )
 from vidgen.data.sources import get_source
-from vidgen.layers.layout import PackedLayout, per_clip
+from vidgen.data.packing import block_shapes
+from vidgen.layers.embeddings import token_grid
+from vidgen.layers.layout import PackedLayout, WindowGather, per_clip, window_gather
 from vidgen.models.dit import Conditioning, drop_conditioning
 from vidgen.models.dit_config import DiTSpec
 from vidgen.models.text.frozen import text_encoder_kind, text_width, validate_text_config
@@ -199,6 +201,12 @@ class DiTTrainer:
     self.config, self.mesh, self.workdir, self.vae, self.cache = config, mesh, workdir, vae, cache
     self.buckets = bucket_plan(config, vae.config, dict(mesh.shape))
     self.packing = bool(config.data.get("packing", False))
+    self.blocks = {}
+    if self.packing:  # fixed window blocks for every attention kind, sized for any row of the buckets' clips
+      spec = DiTSpec.from_config(config.dit)
+      grids = [token_grid(latent_grid(vae.config, b.frames, b.height, b.width), spec.patch_size)
+               for b in self.buckets]
+      self.blocks = block_shapes(spec.packed_windows, grids, config.data.pack_length)
     self.bucket_schedule = BucketSchedule([b.weight for b in self.buckets], config.data.seed) if self.buckets else None
     if bool(self.buckets) != isinstance(cache, BucketedCache):
       raise ValueError("a run with data.buckets reads a BucketedCache (one cache per bucket), and only such a run does")
@@ -284,6 +292,9 @@ class DiTTrainer:
     out = {"mean": batch["mean"], "std": batch["std"]}
     if self.packing:
       out.update({k: batch[k] for k in ("segment_ids", "positions", "grids")})
+      for kind, (window, windows, size) in self.blocks.items():
+        gather = window_gather(batch["segment_ids"], batch["positions"], window, windows=windows, window_size=size)
+        out.update({f"{kind}_tokens": gather.tokens, f"{kind}_valid": gather.valid, f"{kind}_slot": gather.slot})
     if self.config.conditioning == "class":
       # Empty clip slots of packed rows (label -1) read the null class; nothing uses their output.
       out["label"] = np.where(batch["label"] < 0, self.spec.num_classes, batch["label"]).astype(np.int32)
@@ -389,7 +400,9 @@ class DiTTrainer:
     weighted by its time), averaged over the clips of the batch, every clip counting once whatever its size (as
     in an unpacked batch; weighting by tokens would let long high-resolution clips dominate)."""
     dit = nnx.merge(self.graphs["dit"], params["dit"])
-    layout = PackedLayout(batch["segment_ids"], batch["positions"], batch["grids"])
+    gathers = {kind: WindowGather(batch[f"{kind}_tokens"], batch[f"{kind}_valid"], batch[f"{kind}_slot"])
+               for kind in self.blocks}
+    layout = PackedLayout(batch["segment_ids"], batch["positions"], batch["grids"], gathers)
     cond = self.clip_conditioning(params, batch, batch["drop"])
     t_clip = batch["t"]
     rows, length = layout.segment_ids.shape
