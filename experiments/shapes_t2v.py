@@ -124,7 +124,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       sampler="euler" if args.flow else "ddim", steps=50, guidance=4.0, seed=0, prompts=SAMPLE_PROMPTS,
       # Guide only at t >= 0.5 (arXiv 2404.07724): the same clips right as guiding every step, and half the sampling
       # steps run the conditional model alone. t = 0.5 is SNR 1 under both the cosine and the flow schedule.
-      guidance_interval=(0.5, 1.0)))
+      guidance_interval=(0.5, 1.0),
+      max_size=(0, 0, 0)))  # the largest (frames, height, width) the pipeline samples; 0 = no limit
   # Every one of the 84 combinations (combinations=() = all): 4 clips per seen one and 8 per held-out one, whose
   # interval is the headline; 308 + 56 clips in 13 batches, sized to the README's time budget.
   config.eval = ml_collections.ConfigDict(dict(
@@ -139,6 +140,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         (17, 64, 64, 3.0), (17, 48, 96, 2.0), (17, 96, 48, 2.0), (9, 64, 64, 1.0), (1, 64, 64, 2.0)))
     # Seen sizes besides the default one, then two never trained on: a wider aspect ratio and twice the frames.
     config.eval.sizes = ((17, 48, 96), (17, 96, 48), (9, 64, 64), (17, 48, 128), (33, 64, 64))
+    config.sampling.max_size = (33, 128, 128)
   if args.packing:
     # The same sizes packed into rows of 1024 tokens (3 square 17-frame clips, plus whatever else fits), 10 rows a
     # batch: about as many tokens as a bucketed batch.

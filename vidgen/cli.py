@@ -32,6 +32,8 @@ _OUTPUT = flags.DEFINE_string("output", None, "sample: output video path, .mp4 o
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "sample: frames, 1 + 4k (default: the training clip length).")
 _HEIGHT = flags.DEFINE_integer("height", None, "sample: pixels (default: the training size).")
 _WIDTH = flags.DEFINE_integer("width", None, "sample: pixels (default: the training size).")
+_ASPECT = flags.DEFINE_float("aspect_ratio", None, "sample: width / height; sets the side not given (both left out: "
+                             "about the training area).")
 _STEPS = flags.DEFINE_integer("steps", 50, "sample: sampler steps.")
 _GUIDANCE = flags.DEFINE_float("guidance", 4.0, "sample: classifier-free guidance scale.")
 _GUIDANCE_INTERVAL = flags.DEFINE_list("guidance_interval", ["0", "1"], "sample: t_lo,t_hi: guide only at noise "
@@ -99,7 +101,8 @@ def _sample() -> None:
   pipe = VideoPipeline.from_workdir(_WORKDIR.value)
   prompts = _PROMPT.value
   num_frames = _NUM_FRAMES.value or pipe.config.data.num_frames
-  videos = pipe(prompts, num_frames=num_frames, height=_HEIGHT.value, width=_WIDTH.value, steps=_STEPS.value,
+  videos = pipe(prompts, num_frames=num_frames, height=_HEIGHT.value, width=_WIDTH.value,
+                aspect_ratio=_ASPECT.value, steps=_STEPS.value,
                 guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value,
                 guidance_interval=_interval(_GUIDANCE_INTERVAL.value), progress=True)
   paths = [_OUTPUT.value] if len(prompts) == 1 else [f"{root}_{i}{ext}" for i in range(len(prompts))]

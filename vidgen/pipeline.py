@@ -108,12 +108,42 @@ class VideoPipeline:
 
   def _check_size(self, num_frames: int, height: int, width: int) -> None:
     ft, fs = self.vae_config["temporal_downsample"], self.vae_config["spatial_downsample"]
-    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1 or (num_frames - 1) % ft:
-      raise InputError(f"num_frames={num_frames!r}: must be 1 + {ft}k (1, {1 + ft}, {1 + 2 * ft}, 17, ...)")
-    for name, value, p in (("height", height, self.patch[1]), ("width", width, self.patch[2])):
-      if not isinstance(value, (int, np.integer)) or value < 1 or value % (fs * p):
+    max_frames, max_height, max_width = self.max_size
+    if (not isinstance(num_frames, (int, np.integer)) or num_frames < 1 or (num_frames - 1) % ft
+        or (max_frames and num_frames > max_frames)):
+      raise InputError(f"num_frames={num_frames!r}: must be 1 + {ft}k (1, {1 + ft}, {1 + 2 * ft}, 17, ...)"
+                       + (f", at most {max_frames}" if max_frames else ""))
+    for name, value, p, most in (("height", height, self.patch[1], max_height), ("width", width, self.patch[2],
+                                                                                max_width)):
+      if not isinstance(value, (int, np.integer)) or value < 1 or value % (fs * p) or (most and value > most):
         raise InputError(f"{name}={value!r}: must be a positive multiple of VAE factor x patch = {fs} x {p} = "
-                         f"{fs * p}")
+                         f"{fs * p}" + (f", at most {most}" if most else ""))
+
+  @property
+  def max_size(self) -> tuple[int, int, int]:
+    """The largest (frames, height, width) this run samples (`config.sampling.max_size`; 0 = no limit)."""
+    return tuple(int(v) for v in self.config.sampling.get("max_size", (0, 0, 0)))
+
+  def _resolve_size(self, height: int | None, width: int | None, aspect_ratio: float | None) -> tuple[int, int]:
+    """(height, width): the training size by default; with `aspect_ratio` (width / height) and a side left out, the
+    other side follows from it, and with both left out the area stays about the training one; sides are rounded to
+    the allowed multiple."""
+    if aspect_ratio is None:
+      return (self.config.data.height if height is None else height,
+              self.config.data.width if width is None else width)
+    if isinstance(aspect_ratio, bool) or not isinstance(aspect_ratio, (int, float)) or not aspect_ratio > 0:
+      raise InputError(f"aspect_ratio={aspect_ratio!r}: must be a positive number (width / height)")
+    if height is not None and width is not None:
+      raise InputError("aspect_ratio: give it with at most one of height and width")
+    step = self.vae_config["spatial_downsample"] * self.patch[1], self.vae_config["spatial_downsample"] * self.patch[2]
+    if height is None and width is None:
+      area = self.config.data.height * self.config.data.width
+      height = max(step[0], round(np.sqrt(area / aspect_ratio) / step[0]) * step[0])
+    if height is None:
+      height = max(step[0], round(width / aspect_ratio / step[0]) * step[0])
+    else:
+      width = max(step[1], round(height * aspect_ratio / step[1]) * step[1])
+    return int(height), int(width)
 
   # -- generation --------------------------------------------------------------------------------------------------
 
@@ -161,17 +191,24 @@ class VideoPipeline:
     self._compiled[key] = fn
     return fn
 
-  def __call__(self, prompt: str | Sequence[str], num_frames: int = 17, height: int | None = None,
-               width: int | None = None, steps: int = 50, guidance: float = 4.0, seed: int = 0,
+  def __call__(self, prompt: str | Sequence[str], num_frames: int | Sequence[int] = 17,
+               height: int | Sequence[int | None] | None = None, width: int | Sequence[int | None] | None = None,
+               steps: int = 50, guidance: float = 4.0, seed: int = 0,
                sampler: str = "ddim", guidance_interval: Sequence[float] = (0.0, 1.0),
                init_video: np.ndarray | None = None, strength: float = 1.0, progress: bool = False,
-               output: str = "video") -> np.ndarray:
+               output: str = "video", aspect_ratio: float | Sequence[float | None] | None = None
+               ) -> np.ndarray | list[np.ndarray]:
     """Generates one video per prompt.
 
     Args:
       prompt: a caption, or a list of captions (batched).
-      num_frames: 1 + 4k frames (1 gives an image).
-      height, width: pixels, multiples of VAE factor x patch; default the training size.
+      num_frames: 1 + 4k frames (1 gives an image), at most `config.sampling.max_size[0]` where set.
+      height, width: pixels, multiples of VAE factor x patch (at most `config.sampling.max_size`); default the
+        training size.
+      aspect_ratio: width / height; with one side given it sets the other, with neither the area stays about the
+        training size's (sides rounded to the allowed multiple).
+      num_frames, height, width and aspect_ratio take one value per prompt as well: prompts of different sizes are
+        generated in one call (batched by size), each with the noise it gets at its index in any call.
       steps: sampler steps; guidance: classifier-free guidance scale (1 = conditional only, 0 = unconditional);
       seed: noise seed; sampler: one of `diffusion.SAMPLERS` ("ddim", "ddpm", "dpmpp_2m", "euler"), for a v or a
         flow run alike (the run's `diffusion.objective` says what the model predicts).
@@ -185,8 +222,9 @@ class VideoPipeline:
       output: "video" (decoded frames) or "latent" (the sampled latents, before VAE decoding).
 
     Returns:
-      uint8 [T, H, W, 3] for one prompt, [B, T, H, W, 3] for a list; with output="latent", float32
-      [T', H', W', C] / [B, T', H', W', C] latents in the VAE's (un-normalized) scale, ready for `vae.decode`.
+      uint8 [T, H, W, 3] for one prompt, [B, T, H, W, 3] for a list of one size, a list of [T, H, W, 3] for a list
+      of several sizes; with output="latent", float32 [T', H', W', C] latents in the VAE's (un-normalized) scale
+      likewise, ready for `vae.decode`.
     """
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
@@ -208,9 +246,7 @@ class VideoPipeline:
       raise InputError(f"strength={strength!r}: must be a number in (0, 1]")
     if strength != 1.0 and init_video is None:
       raise InputError(f"strength={strength!r} needs init_video, the clip to start from")
-    height = self.config.data.height if height is None else height
-    width = self.config.data.width if width is None else width
-    self._check_size(num_frames, height, width)
+    sizes = self._sizes(len(prompts), num_frames, height, width, aspect_ratio)
     if sampler not in diffusion.SAMPLERS:
       raise InputError(f"sampler={sampler!r}: allowed {diffusion.SAMPLERS}")
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.schedule.num_train_steps:
@@ -221,21 +257,49 @@ class VideoPipeline:
       interval = diffusion.check_interval(guidance_interval, "guidance_interval")
     except ValueError as e:
       raise InputError(str(e)) from None
-    inputs = self._condition_inputs(prompts)
-    shape = (*latent_grid(self.vae_config, num_frames, height, width), self.vae_config["latent_channels"])
-    base = jax.random.key(seed)
-    noise = jnp.stack([jax.random.normal(jax.random.fold_in(base, i), shape) for i in range(len(prompts))])
-    sample_key = jax.random.fold_in(base, -1 & 0x7FFFFFFF)
-    guided = self.config.conditioning != "none" and guidance != 1.0
+    if init_video is not None and len(set(sizes)) > 1:
+      raise InputError("init_video: every prompt takes its clip's size; give no per-prompt sizes")
     if output not in ("video", "latent"):
       raise InputError(f"output={output!r}: must be 'video' or 'latent'")
+    inputs = self._condition_inputs(prompts)
+    base = jax.random.key(seed)
+    sample_key = jax.random.fold_in(base, -1 & 0x7FFFFFFF)
+    guided = self.config.conditioning != "none" and guidance != 1.0
     fn = self._generate_fn(int(steps), sampler, guided, interval, float(strength), progress, output == "video")
     params = {name: p for name, (_, p) in self.networks.items()}
-    video = fn(params, self.vae_params, self.vae_stats, inputs, noise, init_video, jnp.float32(guidance), sample_key)
-    if progress:
-      print(file=sys.stderr)
-    out = to_uint8(np.asarray(video)) if output == "video" else np.asarray(video, np.float32)
-    return out[0] if single else out
+    outputs: list[np.ndarray] = [None] * len(prompts)  # type: ignore[list-item]
+    for size in dict.fromkeys(sizes):  # one batch per size, in order of first appearance
+      index = [i for i, s in enumerate(sizes) if s == size]
+      shape = (*latent_grid(self.vae_config, *size), self.vae_config["latent_channels"])
+      noise = jnp.stack([jax.random.normal(jax.random.fold_in(base, i), shape) for i in index])
+      group = jax.tree.map(lambda a: a[np.asarray(index)], inputs)
+      video = fn(params, self.vae_params, self.vae_stats, group, noise, init_video, jnp.float32(guidance), sample_key)
+      if progress:
+        print(file=sys.stderr)
+      video = to_uint8(np.asarray(video)) if output == "video" else np.asarray(video, np.float32)
+      for i, v in zip(index, video):
+        outputs[i] = v
+    if single:
+      return outputs[0]
+    return np.stack(outputs) if len(set(sizes)) == 1 else outputs
+
+  def _sizes(self, count: int, num_frames, height, width, aspect_ratio) -> list[tuple[int, int, int]]:
+    """(frames, height, width) of each of `count` prompts, checked; each argument one value or one per prompt."""
+    def per_prompt(name, value):
+      if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != count:
+          raise InputError(f"{name}: got {len(value)} values for {count} prompts")
+        return list(value)
+      return [value] * count
+
+    sizes = []
+    for frames, h, w, aspect in zip(*(per_prompt(n, v) for n, v in (("num_frames", num_frames), ("height", height),
+                                                                    ("width", width),
+                                                                    ("aspect_ratio", aspect_ratio)))):
+      h, w = self._resolve_size(h, w, aspect)
+      self._check_size(frames, h, w)
+      sizes.append((int(frames), int(h), int(w)))
+    return sizes
 
 
 class _Progress:

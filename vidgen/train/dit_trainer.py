@@ -107,6 +107,10 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
   except ValueError as e:
     raise ConfigError(f"config.{e}") from None
   require(len(s.prompts) >= 1, "sampling.prompts", "must list at least one prompt to sample during training")
+  most = s.get("max_size", (0, 0, 0))
+  require(isinstance(most, (tuple, list)) and len(most) == 3
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in most), "sampling.max_size",
+          f"must be (frames, height, width), each an integer >= 0 (0 = no limit), got {most!r}")
 
   # Against the VAE and the mesh.
   ft, fs = vae_config["temporal_downsample"], vae_config["spatial_downsample"]
