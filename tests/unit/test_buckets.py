@@ -41,6 +41,7 @@ def test_a_clip_goes_to_the_bucket_that_crops_it_least_and_fits_its_duration():
   assert bk.assign(12, 720, 1280, sizes) == 4      # too short for 17 frames: the 9-frame wide bucket
   assert bk.assign(1, 720, 1280, sizes) == 6       # an image: only 1-frame buckets
   assert bk.assign(5, 64, 64, sizes[:5]) is None   # shorter than every bucket
+  assert bk.assign(5, 720, 1280, sizes) == 6       # ... unless images are buckets: then its first frame
   # Among buckets of the same shape and length, the largest one the clip needs no up-sampling for.
   assert bk.assign(17, 64, 64, (bk.Bucket(17, 128, 128), bk.Bucket(17, 64, 64), bk.Bucket(17, 32, 32))) == 1
 

@@ -449,3 +449,32 @@ def test_photo_clips_without_scikit_image_say_how_to_install_it(monkeypatch):
   monkeypatch.setitem(sys.modules, "skimage.data", None)
   with pytest.raises(ImportError, match="pip install scikit-image"):
     photo_clips.load_photo("cat")
+
+
+def test_buckets_take_each_file_at_its_native_aspect_ratio_and_duration(tmp_path):
+  """With data.buckets every file goes to the bucket of the nearest aspect ratio among those its duration fills
+  (images to the 1-frame bucket), and a bucket's stream holds only its files."""
+  from PIL import Image
+
+  from vidgen.media import write_video
+
+  rng = np.random.default_rng(0)
+  videos = {"wide_long": (20, 32, 64), "wide_short": (6, 32, 64), "tall_long": (20, 64, 32), "square": (20, 48, 48)}
+  for name, (t, h, w) in videos.items():
+    write_video(tmp_path / f"{name}.mp4", rng.integers(0, 255, (t, h, w, 3), dtype=np.uint8))
+    (tmp_path / f"{name}.txt").write_text(name)
+  Image.fromarray(rng.integers(0, 255, (40, 80, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+  (tmp_path / "photo.txt").write_text("photo")
+  buckets = ((9, 16, 32), (9, 32, 16), (5, 32, 32), (1, 16, 32))
+  source = files_source(tmp_path, buckets=buckets)
+  source.check()
+  names = [os.path.basename(r.path).split(".")[0] for r in source._records("train")]
+  # wide_short (6 frames) cannot fill 9 frames: the square 5-frame bucket is the only one its duration fills.
+  expected = {"wide_long": 0, "tall_long": 1, "square": 2, "wide_short": 2, "photo": 3}
+  assert dict(zip(names, source.bucket_of("train").tolist())) == expected
+  for k, (t, h, w) in enumerate(buckets):
+    batch = next(iter(source.iterator("train", global_batch=1, num_frames=t, height=h, width=w)))
+    assert batch["video"].shape == (1, t, h, w, 3)
+    assert {str(c) for c in batch["caption"]} <= {n for n, b in expected.items() if b == k}
+  with pytest.raises(ConfigError, match=r"data\.buckets\[0\]: 33x16x32: no training record"):  # no file lasts 33
+    files_source(tmp_path, buckets=((33, 16, 32), (9, 32, 16), (5, 32, 32), (1, 16, 32))).check()

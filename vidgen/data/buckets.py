@@ -77,8 +77,9 @@ def plan_batches(buckets: Sequence[Bucket], tokens_per_clip: Sequence[int], *, b
 
 def assign(frames: int, height: int, width: int, buckets: Sequence[Bucket]) -> int | None:
   """The bucket a clip of native size (frames, height, width) goes to: among buckets with at most `frames` frames
-  (images only go to 1-frame buckets), the one whose aspect ratio is closest (the least cropped); among equals, the
-  longest, then the largest that needs no up-sampling. None when no bucket fits its duration."""
+  (images only go to 1-frame buckets, videos to them only when no video bucket fits), the one whose aspect ratio is
+  closest (the least cropped); among equals, the longest, then the largest that needs no up-sampling. None when no
+  bucket fits its duration."""
   fits = [i for i, b in enumerate(buckets) if b.frames <= frames and (frames > 1 or b.frames == 1)]
   if not fits:
     return None
@@ -87,7 +88,8 @@ def assign(frames: int, height: int, width: int, buckets: Sequence[Bucket]) -> i
   def cost(i):
     b = buckets[i]
     upsample = max(b.height / height, b.width / width) > 1.0
-    return (round(abs(math.log(b.aspect) - aspect), 6), -b.frames, upsample, -b.height * b.width)
+    still = frames > 1 and b.frames == 1  # a video kept as a still image loses its motion
+    return (still, round(abs(math.log(b.aspect) - aspect), 6), -b.frames, upsample, -b.height * b.width)
 
   return min(fits, key=cost)
 

@@ -72,25 +72,53 @@ def read_clip(path: str, spec: ClipSpec, rng: np.random.Generator, *, start: flo
   return fit_frames(frames, spec, rng)
 
 
+def probe(path: str, *, start: float | None = None, end: float | None = None,
+          fps: float | None = None) -> tuple[int, int, int, float | None]:
+  """(frames available, height, width, frame rate) of a video (or its [start, end) segment) from its header, or
+  (1, height, width, None) for an image, without decoding; BadRecord when it cannot give a clip."""
+  if not os.path.isfile(path):
+    raise BadRecord("file not found")
+  if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS:
+    try:
+      with Image.open(path) as image:
+        return 1, image.height, image.width, None
+    except (OSError, ValueError, SyntaxError) as e:
+      raise BadRecord(f"unreadable image: {type(e).__name__}: {e}") from None
+  try:
+    with av.open(path) as container:
+      stream, num_available, rate, _ = _video_extent(container, start, end, fps)
+      return num_available, stream.height, stream.width, rate
+  except BadRecord:
+    raise
+  except (av.FFmpegError, OSError, ValueError, IndexError, ZeroDivisionError, OverflowError) as e:
+    raise BadRecord(f"unreadable video: {type(e).__name__}: {e}") from None
+
+
+def _video_extent(container, start, end, fps):
+  """(video stream, frames available in the segment, frame rate, segment start in s) of an open container."""
+  if not container.streams.video:
+    raise BadRecord("no video stream")
+  stream = container.streams.video[0]
+  if stream.width * stream.height > MAX_PIXELS or stream.width < 1 or stream.height < 1:
+    raise BadRecord(f"frames of {stream.width}x{stream.height} pixels")
+  rate = float(fps or stream.average_rate or stream.guessed_rate or 0.0)
+  if not 0 < rate < 1000:
+    raise BadRecord(f"no usable frame rate ({rate:g} fps); give one with the manifest's fps column")
+  duration = _duration(container, stream)
+  segment_start = max(float(start or 0.0), 0.0)
+  segment_end = min(float(end), duration) if end is not None else duration
+  if not 0 < duration <= MAX_SECONDS:
+    raise BadRecord(f"stated duration {duration:g} s is outside (0, {MAX_SECONDS:g}] s")
+  if segment_end <= segment_start:
+    raise BadRecord(f"segment [{segment_start:g}, {segment_end:g}] s is empty (video lasts {duration:g} s)")
+  # Durations are stored to about a millisecond (Matroska rounds to ms): 8 frames at 12 fps may last 0.666 s.
+  num_available = max(int(math.floor((segment_end - segment_start + DURATION_SLACK) * rate + 1e-6)), 1)
+  return stream, num_available, rate, segment_start
+
+
 def _read_video_frames(path, spec, rng, start, end, fps) -> tuple[np.ndarray, float]:
   with av.open(path) as container:
-    if not container.streams.video:
-      raise BadRecord("no video stream")
-    stream = container.streams.video[0]
-    if stream.width * stream.height > MAX_PIXELS or stream.width < 1 or stream.height < 1:
-      raise BadRecord(f"frames of {stream.width}x{stream.height} pixels")
-    rate = float(fps or stream.average_rate or stream.guessed_rate or 0.0)
-    if not 0 < rate < 1000:
-      raise BadRecord(f"no usable frame rate ({rate:g} fps); give one with the manifest's fps column")
-    duration = _duration(container, stream)
-    segment_start = max(float(start or 0.0), 0.0)
-    segment_end = min(float(end), duration) if end is not None else duration
-    if not 0 < duration <= MAX_SECONDS:
-      raise BadRecord(f"stated duration {duration:g} s is outside (0, {MAX_SECONDS:g}] s")
-    if segment_end <= segment_start:
-      raise BadRecord(f"segment [{segment_start:g}, {segment_end:g}] s is empty (video lasts {duration:g} s)")
-    # Durations are stored to about a millisecond (Matroska rounds to ms): 8 frames at 12 fps may last 0.666 s.
-    num_available = max(int(math.floor((segment_end - segment_start + DURATION_SLACK) * rate + 1e-6)), 1)
+    stream, num_available, rate, segment_start = _video_extent(container, start, end, fps)
     indices = frame_indices(num_available, rate, spec, rng)
     frames, error = _decode_indices(container, stream, segment_start, rate, indices)
   if len(frames) < len(indices):

@@ -3,7 +3,9 @@
 `config.data.path` is a directory or a manifest (vidgen.data.records). Splits: "validation" is
 `config.data.eval_path` when set, else the `config.data.eval_records` records whose path hashes lowest (a stable
 choice as files are added), else the training records themselves; "train" is every other record. Clips are sampled
-by the shared `ClipSpec` (vidgen.data.sampling) and read in grain workers by `vidgen.data.loader.ClipLoader`.
+by the shared `ClipSpec` (vidgen.data.sampling) and read in grain workers by `vidgen.data.loader.ClipLoader`. With
+`config.data.buckets`, every record goes to one bucket by its native size (vidgen.data.buckets.assign), and a
+bucket's stream holds its records only.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import numpy as np
 from absl import logging
 
 from vidgen.config import require
+from vidgen.data.buckets import Bucket, assign, parse_buckets
 from vidgen.data.crops import random_crop
-from vidgen.data.decode import read_clip
+from vidgen.data.decode import probe, read_clip
 from vidgen.data.common import FIXED_CLIPS, LoaderSettings, class_index, clip_overrides
 from vidgen.data.loader import ClipLoader, LoadClip
 from vidgen.data.records import Catalog, Record, scan
-from vidgen.data.sampling import ClipSpec
+from vidgen.data.sampling import BadRecord, ClipSpec
 from vidgen.errors import ConfigError
 from vidgen.models.text import WordTokenizer
 
@@ -83,6 +86,7 @@ class FilesSource:
     self.loader = LoaderSettings.from_config(data)
     held = data.get("eval_records", 0)
     require(isinstance(held, int) and held >= 0, "data.eval_records", f"must be an integer >= 0, got {held!r}")
+    self._bucket_of: dict[str, np.ndarray] = {}
 
   # -- records -------------------------------------------------------------------------------------------------------
 
@@ -110,10 +114,39 @@ class FilesSource:
 
   def check(self) -> None:
     """Reads the listing now (refusing a path with no usable record, before anything compiles) and reports rows
-    that were left out."""
+    that were left out; with `data.buckets`, refuses a bucket no training record goes to."""
     for where, why in self.catalog.problems[:20]:
       logging.warning(f"data: left out {where}: {why}")
     self.splits  # noqa: B018 (the split is checked here)
+    if self.buckets:
+      assigned = self.bucket_of("train")
+      for k, b in enumerate(self.buckets):
+        count = int(np.sum(assigned == k))
+        require(count > 0, f"data.buckets[{k}]",
+                f"{b.name}: no training record of {self.data.path} goes to this bucket (each goes to the bucket of "
+                "the nearest aspect ratio among those its duration fills); drop it or add such videos")
+        logging.info(f"data: bucket {b.name} gets {count} of {len(assigned)} training records")
+
+  @functools.cached_property
+  def buckets(self) -> tuple[Bucket, ...]:
+    return parse_buckets(self.data)
+
+  def bucket_of(self, split: str) -> np.ndarray:
+    """Per record of `split`: the bucket its native size goes to (`vidgen.data.buckets.assign`; duration counted in
+    frames at the clip's rate), or -1 when it fits none or cannot be read. Read from the files' headers, once."""
+    if split in self._bucket_of:
+      return self._bucket_of[split]
+    out = np.full(len(self._records(split)), -1, np.int64)
+    for i, r in enumerate(self._records(split)):
+      try:
+        available, height, width, rate = probe(r.path, start=r.start, end=r.end, fps=r.fps)
+      except BadRecord:
+        continue  # reported when the loader reads it
+      frames = 1 if rate is None else (available - 1) // max(int(round(self.spec.stride_for(rate))), 1) + 1
+      bucket = assign(frames, height, width, self.buckets)
+      out[i] = -1 if bucket is None else bucket
+    self._bucket_of[split] = out
+    return out
 
   @property
   def num_classes(self) -> int:
@@ -133,8 +166,14 @@ class FilesSource:
   def iterator(self, split: str, *, global_batch: int, shard_index: int = 0, shard_count: int = 1,
                **overrides: Any) -> ClipLoader:
     """Batches of this shard: `global_batch // shard_count` clips each; overrides: ClipSpec fields, crop_size,
-    crop_grid."""
-    return self.loader.stream(self._records(split), self._transform(**overrides), global_batch=global_batch,
+    crop_grid. With `data.buckets`, a size override that is a bucket's size streams only the records that go to
+    that bucket."""
+    records = self._records(split)
+    size = tuple(overrides.get(k) for k in ("num_frames", "height", "width"))
+    names = [(b.frames, b.height, b.width) for b in self.buckets]
+    if size in names:
+      records = tuple(r for r, k in zip(records, self.bucket_of(split)) if k == names.index(size))
+    return self.loader.stream(records, self._transform(**overrides), global_batch=global_batch,
                               shard_index=shard_index, shard_count=shard_count)
 
   def clips(self, split: str, count: int, **overrides: Any) -> dict[str, np.ndarray]:

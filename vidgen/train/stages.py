@@ -187,13 +187,17 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
   text_fn = None
   if text_encoder is not None:
     text_fn = lambda captions: encode_captions(text_encoder, captions, config.text.max_length)
+  buckets = parse_buckets(d)
   barrier = lambda name: None
   if jax.process_count() > 1:
     barrier = lambda name: multihost_utils.sync_global_devices(name)
 
   def one_cache(path: str, **size: int) -> LatentCache:
     """The cache of the training stream (at `size` = num_frames, height, width when given) in `path`."""
-    fingerprint = {"vae": vae_fingerprint, "data": {**source.fingerprint(), **size, "clips": d.cache_clips}}
+    data = {**source.fingerprint(), **size, "clips": d.cache_clips}
+    if size:  # which clips a bucket gets depends on every bucket (a clip goes to the nearest)
+      data["buckets"] = [b.name for b in buckets]
+    fingerprint = {"vae": vae_fingerprint, "data": data}
     if text_encoder is not None:
       fingerprint["text"] = text_fingerprint(config.text)
     if LatentCache.exists(path):
@@ -210,7 +214,6 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
         getattr(batches, "close", lambda: None)()
     return LatentCache.open(path, fingerprint)  # the fingerprint is checked before anything is added beside it
 
-  buckets = parse_buckets(d)
   if buckets:
     cache = BucketedCache(directory, [one_cache(os.path.join(directory, f"bucket_{b.name}"), num_frames=b.frames,
                                                 height=b.height, width=b.width) for b in buckets])
