@@ -153,6 +153,8 @@ def _xla_step_flops(config, phase):
         ("class", None, dict(attention_pattern=("full", "full"), scan_layers=True), "video"),
         # A frozen encoder's caption embeddings come from the latent cache: only the DiT's cross-attention costs.
         (None, hf_text_config("/unused", max_length=8), dict(self_condition=True), "video"),
+        # Windows that do not tile the grid: the padding of partial windows is computed, and counted.
+        (None, None, dict(window=(3, 3, 5)), "video"),
     ],
 )
 def test_train_flops_match_xla_cost_analysis(arg, text, dit, phase):

@@ -203,7 +203,7 @@ class DiTTrainer:
     cache; sampling during training encodes prompts with it). `validation`: the validation set stored beside the
     cache (`stages.load_validation_set`), for the validation loss logged at every evaluation."""
     self.config, self.mesh, self.workdir, self.vae, self.cache = config, mesh, workdir, vae, cache
-    self.buckets = bucket_plan(config, vae.config, dict(mesh.shape))
+    self.buckets = bucket_plan(config, vae.config, dict(mesh.shape)) if parse_buckets(config.data) else ()
     self.packing = bool(config.data.get("packing", False))
     self.blocks = {}
     if self.packing:  # fixed window blocks for every attention kind, sized for any row of the buckets' clips
@@ -212,7 +212,7 @@ class DiTTrainer:
                for b in self.buckets]
       self.blocks = block_shapes(spec.packed_windows, grids, config.data.pack_length)
     self.bucket_schedule = BucketSchedule([b.weight for b in self.buckets], config.data.seed) if self.buckets else None
-    if bool(self.buckets) != isinstance(cache, BucketedCache):
+    if cache is not None and bool(self.buckets) != isinstance(cache, BucketedCache):
       raise ValueError("a run with data.buckets reads a BucketedCache (one cache per bucket), and only such a run does")
     self.text_encoder = text_encoder
     self.frozen_text = config.conditioning == "text" and text_encoder_kind(config.text) == "hf"
