@@ -240,6 +240,11 @@ def test_window_blocks_list_each_window_once_and_refuse_what_does_not_fit():
       assert len({tuple(p) for p in pos[0, members] // np.array([2, 3, 4])}) == 1
   # clip 0 (3x4x6) has 2 x 2 x 2 windows, clip 1 (1x4x4) 1 x 2 x 1: 10 windows.
   assert int(valid.any(axis=1).sum()) == 10
+  fitted = window_gather(seg, pos, (2, 3, 4), windows=None, window_size=size)  # as many as needed: 10 -> 16
+  assert fitted.tokens.shape == (1, 16, size)
+  np.testing.assert_array_equal(fitted.tokens[:, :10], gather.tokens[:, :10])
+  capped = window_gather(seg, pos, (2, 3, 4), windows=None, window_size=size, max_windows=12)
+  assert capped.tokens.shape == (1, 12, size) and capped.valid.sum() == 88
   with pytest.raises(ValueError, match="row 0 has 10 windows"):
     window_gather(seg, pos, (2, 3, 4), windows=9, window_size=size)
   with pytest.raises(ValueError, match="of up to 24 tokens"):

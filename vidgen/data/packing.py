@@ -167,6 +167,8 @@ def pack(latents: Sequence[np.ndarray], *, patch: Sequence[int], row_length: int
     slots: fixed clip slots per row; None = the most any row got.
     blocks: optional `block_shapes(...)`: the layout then carries each attention kind's window blocks
       (`vidgen.layers.layout.WindowGather`), and attention costs windows x window size instead of the row squared.
+      Blocks per row are as many as the rows need, rounded up to a power of two (a few compiled shapes over many
+      batches), at most the bound of `block_shapes`.
   """
   patch = tuple(int(p) for p in patch)
   if not latents:
@@ -196,7 +198,7 @@ def pack(latents: Sequence[np.ndarray], *, patch: Sequence[int], row_length: int
     grid_of[p.row, span] = p.grid
   gathers = None
   if blocks:
-    gathers = {kind: window_gather(segment_ids, positions, window, windows=n, window_size=size)
+    gathers = {kind: window_gather(segment_ids, positions, window, windows=None, window_size=size, max_windows=n)
                for kind, (window, n, size) in blocks.items()}
   layout = PackedLayout(segment_ids, positions, grid_of, gathers)
   batch = PackedBatch(patches=np.empty((n_rows, row_length, 0, 0)), layout=layout,

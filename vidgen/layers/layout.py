@@ -87,23 +87,35 @@ def _window_keys(segment_ids, positions, window) -> np.ndarray:
   return keys
 
 
-def window_gather(segment_ids: np.ndarray, positions: np.ndarray, window, *, windows: int,
-                  window_size: int) -> WindowGather:
+def window_gather(segment_ids: np.ndarray, positions: np.ndarray, window, *, windows: int | None,
+                  window_size: int, max_windows: int | None = None) -> WindowGather:
   """Blocks of the windows of packed rows (numpy, host side): `segment_ids` `[B, L]`, `positions` `[B, L, 3]`;
-  `window` None (a whole clip), or per axis a size or None (the whole axis). ValueError when a row has more than
-  `windows` windows or a window more than `window_size` tokens."""
+  `window` None (a whole clip), or per axis a size or None (the whole axis).
+
+  `windows`: blocks per row; None = the most any row needs, rounded up to a power of two (so batches of similar
+  rows share one compiled shape) and capped at `max_windows`. ValueError when a row has more windows than the
+  blocks or a window more than `window_size` tokens."""
   segment_ids, positions = np.asarray(segment_ids), np.asarray(positions)
   batch, length = segment_ids.shape
-  tokens = np.zeros((batch, windows, window_size), np.int32)
-  valid = np.zeros((batch, windows, window_size), bool)
-  slot = np.zeros((batch, length), np.int32)
+  rows = []
   for b in range(batch):
     real = np.flatnonzero(segment_ids[b] > 0)
     if not len(real):
+      rows.append((real, np.zeros(0, np.int64), np.zeros(0, np.int64)))
       continue
     _, window_of, counts = np.unique(_window_keys(segment_ids[b, real], positions[b, real], window), axis=0,
                                      return_inverse=True, return_counts=True)
-    window_of = window_of.reshape(-1)
+    rows.append((real, window_of.reshape(-1), counts))
+  if windows is None:
+    most = max([len(counts) for _, _, counts in rows] + [1])
+    windows = 1 << (most - 1).bit_length()
+    windows = min(windows, max_windows) if max_windows else windows
+  tokens = np.zeros((batch, windows, window_size), np.int32)
+  valid = np.zeros((batch, windows, window_size), bool)
+  slot = np.zeros((batch, length), np.int32)
+  for b, (real, window_of, counts) in enumerate(rows):
+    if not len(real):
+      continue
     if len(counts) > windows or counts.max() > window_size:
       raise ValueError(f"row {b} has {len(counts)} windows of up to {counts.max()} tokens for window {window}; the "
                        f"blocks hold {windows} windows of {window_size}")

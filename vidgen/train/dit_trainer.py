@@ -297,7 +297,9 @@ class DiTTrainer:
     if self.packing:
       out.update({k: batch[k] for k in ("segment_ids", "positions", "grids")})
       for kind, (window, windows, size) in self.blocks.items():
-        gather = window_gather(batch["segment_ids"], batch["positions"], window, windows=windows, window_size=size)
+        # As many blocks as this batch's rows need (a power of two: a few compiled shapes), at most the bound.
+        gather = window_gather(batch["segment_ids"], batch["positions"], window, windows=None, window_size=size,
+                               max_windows=windows)
         out.update({f"{kind}_tokens": gather.tokens, f"{kind}_valid": gather.valid, f"{kind}_slot": gather.slot})
     if self.config.conditioning == "class":
       # Empty clip slots of packed rows (label -1) read the null class; nothing uses their output.
@@ -397,6 +399,8 @@ class DiTTrainer:
     decay = jnp.minimum(cfg.ema_decay, (1.0 + n) / (10.0 + n))
     ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema_params, params)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    if self.packing:  # the fraction of row tokens that belong to a clip
+      metrics["token_efficiency"] = jnp.mean((batch["segment_ids"] > 0).astype(jnp.float32))
     return DiTState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
   def packed_loss(self, params: dict, batch: dict, key: jax.Array) -> jax.Array:
