@@ -151,8 +151,6 @@ def validate_packing(config: ml_collections.ConfigDict, vae_config) -> None:
   spec = DiTSpec.from_config(config.dit)
   require(spec.mlp_conv == 0, "dit.mlp_conv", "must be 0 with data.packing: the MLP's convolution runs over whole "
                                               "frames, which packed rows do not have")
-  require(spec.attention_backend != "splash", "dit.attention_backend",
-          "cannot be 'splash' with data.packing (packed attention needs a token-pair mask; 'auto' uses XLA there)")
   longest = max(int(np.prod(latent_grid(vae_config, b.frames, b.height, b.width))) // int(np.prod(spec.patch_size))
                 for b in buckets)
   length, slots = d.get("pack_length", 0), d.get("pack_slots", 0)
