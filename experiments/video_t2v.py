@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sharding_rules = DEFAULT_RULES
 
   config.vae_workdir = ""          # "" = train vae_stage into WORKDIR/vae (skipped once finished)
+  config.pretrained_vae = ""       # A published VAE's diffusers folder (Wan 2.1, SD); replaces the VAE stage.
   config.vae_stage = vae_stage
   d = vae_stage.data
   config.data = ml_collections.ConfigDict(dict(

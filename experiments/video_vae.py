@@ -11,7 +11,8 @@ manifest (vidgen.data.records). 17-frame clips at 256x256 (5 x 32 x 32 latents o
 the latent shape of Wan 2.1's and Cosmos' video VAEs), sampled at 8 fps, random offset, random crop and flip; every
 4th batch is 16 single frames. `data.eval_records` records are held out (by path hash) for the PSNR / SSIM the run
 logs. Reconstruction is L1 with a small KL and, from `loss.gan_start`, a 3D patch GAN with the adaptive weight (the
-usual recipe for video autoencoders; no perceptual loss until pretrained LPIPS weights ship with vidgen).
+usual recipe for video autoencoders). A perceptual term is off by default (not yet measured on this recipe):
+`--config.loss.perceptual=lpips_alex --config.loss.perceptual_weight=0.1` adds LPIPS per frame.
 `python -m vidgen.benchmarks.data --path DIR` says whether decoding keeps up with this run's step.
 
 Arguments: `runlocal` (a smoke run in seconds), `cpu` (the same recipe at 64x64 and a tenth of the width, short

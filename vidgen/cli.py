@@ -7,6 +7,7 @@ run asked for) is reported as one line on stderr with exit code 2; a traceback m
 
 from __future__ import annotations
 
+import json
 import sys
 
 from absl import app, flags, logging
@@ -26,9 +27,14 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train: number of p
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "train: this process's index, 0 .. num_processes - 1.")
 
 # sample / eval.
-_PROMPT = flags.DEFINE_multi_string("prompt", None, "sample: the caption (repeat the flag for a batch).")
-_OUTPUT = flags.DEFINE_string("output", None, "sample: output video path, .mp4 or .gif (numbered for several "
-                              "prompts: out_0.mp4, out_1.mp4, ...).")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "sample: the caption (repeat the flag for a batch); for a DiT "
+                                    "--checkpoint, an ImageNet class id or name.")
+_OUTPUT = flags.DEFINE_string("output", None, "sample: output path, .mp4 or .gif (.png for 1-frame images; numbered "
+                              "for several prompts: out_0.mp4, out_1.mp4, ...).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "sample: a published DiT instead of --workdir: a diffusers DiT "
+                                  "pipeline folder, or DiT-XL-2-256x256.pt with --vae.")
+_VAE = flags.DEFINE_string("vae", None, "sample: with --checkpoint, the diffusers VAE folder of the DiT's latents "
+                           "(default: CHECKPOINT/vae).")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "sample: frames, 1 + 4k (default: the training clip length).")
 _HEIGHT = flags.DEFINE_integer("height", None, "sample: pixels (default: the training size).")
 _WIDTH = flags.DEFINE_integer("width", None, "sample: pixels (default: the training size).")
@@ -44,6 +50,17 @@ _SAMPLER = flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm", "dpmpp_2m", "eu
                              "sample: sampler, for v and flow runs alike (euler: the deterministic first-order step, "
                              "the same update as ddim).")
 
+# eval.
+_METRICS = flags.DEFINE_list("metrics", None, "eval: any of fvd,fid,lpips,psnr,ssim over --num_clips generated (DiT) "
+                             "or reconstructed (VAE) clips against real ones; without it, the data source's own eval.")
+_NUM_CLIPS = flags.DEFINE_integer("num_clips", 256, "eval: clips compared (with --metrics).")
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch", 16, "eval: clips generated and measured at a time (with --metrics).")
+_SPLIT = flags.DEFINE_string("split", "validation", "eval: the data split of the real clips and prompts.")
+_REFERENCE = flags.DEFINE_string("reference", None, "eval: a folder of real videos to compare against instead of the "
+                                 "run's split (fvd and fid only).")
+_FID_WEIGHTS = flags.DEFINE_string("fid_weights", None, "eval: pt_inception-2015-12-05-6726825d.pth (pytorch-fid's "
+                                   "release) for fid.")
+
 # sweep.
 _PRINT = flags.DEFINE_bool("print", False, "sweep: print one shell command per step (prepare, each point, collect) "
                            "for a cluster scheduler instead of running the sweep here.")
@@ -53,7 +70,8 @@ _STAGE = flags.DEFINE_enum("stage", "all", ["all", "prepare", "collect"], "sweep
 USAGE = """usage:
   vidgen train --config experiments/NAME.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
   vidgen sample --workdir DIR --prompt TEXT --output out.mp4 [--num_frames 17 --steps 50 --guidance 4 --seed 0]
-  vidgen eval --workdir DIR
+  vidgen sample --checkpoint DiT-XL-2-256 --prompt 207 --output dog.png [--vae sd-vae-ft-ema]
+  vidgen eval --workdir DIR [--metrics fvd,fid,lpips,psnr,ssim --num_clips 256 --reference VIDEOS --fid_weights F]
   vidgen sweep --config experiments/SWEEP.py[:ARG] --workdir DIR [--print] [--stage all|prepare|collect]"""
 
 
@@ -93,14 +111,19 @@ def _sample() -> None:
   from vidgen import media
   from vidgen.pipeline import VideoPipeline
 
-  if not _WORKDIR.value or not _PROMPT.value or not _OUTPUT.value:
-    raise app.UsageError(f"sample needs --workdir, --prompt and --output\n{USAGE}")
+  if bool(_WORKDIR.value) == bool(_CHECKPOINT.value) or not _PROMPT.value or not _OUTPUT.value:
+    raise app.UsageError(f"sample needs one of --workdir and --checkpoint, and --prompt and --output\n{USAGE}")
   root, ext = os.path.splitext(_OUTPUT.value)
-  if ext.lower() not in (".mp4", ".gif"):
-    raise app.UsageError(f"--output={_OUTPUT.value!r}: the extension must be .mp4 or .gif")
-  pipe = VideoPipeline.from_workdir(_WORKDIR.value)
+  if ext.lower() not in (".mp4", ".gif", ".png"):
+    raise app.UsageError(f"--output={_OUTPUT.value!r}: the extension must be .mp4, .gif or .png")
+  if _CHECKPOINT.value:
+    pipe = VideoPipeline.from_dit_checkpoint(_CHECKPOINT.value, vae=_VAE.value)
+  else:
+    pipe = VideoPipeline.from_workdir(_WORKDIR.value)
   prompts = _PROMPT.value
   num_frames = _NUM_FRAMES.value or pipe.config.data.num_frames
+  if ext.lower() == ".png" and num_frames != 1:
+    raise app.UsageError(f"--output={_OUTPUT.value!r}: .png holds one frame; this model samples {num_frames}")
   videos = pipe(prompts, num_frames=num_frames, height=_HEIGHT.value, width=_WIDTH.value,
                 aspect_ratio=_ASPECT.value, steps=_STEPS.value,
                 guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value,
@@ -116,6 +139,14 @@ def _eval() -> None:
 
   if not _WORKDIR.value:
     raise app.UsageError(f"eval needs --workdir\n{USAGE}")
+  if _METRICS.value:
+    from vidgen.evaluation import evaluate_metrics
+    results = evaluate_metrics(_WORKDIR.value, _METRICS.value, num_clips=_NUM_CLIPS.value,
+                               batch_size=_EVAL_BATCH.value, split=_SPLIT.value, reference=_REFERENCE.value,
+                               fid_weights=_FID_WEIGHTS.value, seed=_SEED.value)
+    print(json.dumps(results, indent=2))
+    print(f"written to {_WORKDIR.value}/eval.json")
+    return
   pipe = VideoPipeline.from_workdir(_WORKDIR.value)
   if not pipe.source.evaluate(pipe, pipe.config, _WORKDIR.value):
     raise UserError(f"data source {pipe.config.data.name!r} has no evaluation of its own yet (only the embedded "

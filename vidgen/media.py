@@ -1,4 +1,4 @@
-"""Reading and writing videos (mp4 through imageio-ffmpeg, gif through pillow), and side-by-side grids."""
+"""Reading and writing videos (mp4 through PyAV, gif and 1-frame png through pillow), and side-by-side grids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import av
 import imageio.v3 as iio
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".gif")
+VIDEO_EXTENSIONS = (".mp4", ".gif", ".png")  # .png: a 1-frame video (an image)
 
 
 def _check_frames(frames: np.ndarray, path: str) -> np.ndarray:
@@ -38,7 +38,8 @@ def _write_h264(path: str, frames: np.ndarray, fps: int) -> None:
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, *, fps: int = 8) -> str:
-  """Writes uint8 [T, H, W, 3] to `path` (.mp4 or .gif by extension), atomically (temp file, then rename)."""
+  """Writes uint8 [T, H, W, 3] to `path` (.mp4, .gif, or .png for T = 1, by extension), atomically (temp file, then
+  rename)."""
   path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
   if ext not in VIDEO_EXTENSIONS:
@@ -52,6 +53,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, *, fps: int = 8) ->
     if pad_h or pad_w:
       frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     _write_h264(tmp, frames, fps)
+  elif ext == ".png":
+    if len(frames) != 1:
+      raise ValueError(f"{path}: a .png holds one frame, got {len(frames)}; use .mp4 or .gif")
+    iio.imwrite(tmp, frames[0], extension=".png")
   else:
     iio.imwrite(tmp, frames, extension=".gif", duration=1000 / fps, loop=0)
   os.replace(tmp, path)

@@ -12,12 +12,19 @@ drawn with `fold_in(key(seed), i)`. Captions are tokenized with the run's data s
 run's small text encoder, or, for a run on a frozen pretrained encoder (`config.text.encoder = "hf"`), encoded by that
 encoder at `config.text.max_length` tokens, as its training captions were; a class-conditional run maps each prompt
 to the class it names (vidgen.data.sources).
+
+A published class-conditional DiT runs through the same pipeline: `VideoPipeline.from_dit_checkpoint(path)` (the
+official `DiT-XL-2-256x256.pt` with `vae=` the Stable Diffusion VAE folder, or a diffusers DiT pipeline folder with
+`transformer/` and `vae/`); prompts are then ImageNet class ids ("207") or names ("golden retriever").
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +40,7 @@ from vidgen.errors import InputError
 from vidgen.models.dit import Conditioning, null_conditioning
 from vidgen.models.text import TextEncoder, load_frozen_text_encoder, text_encoder_kind
 from vidgen.models.vae import SpacetimeVAE, latent_grid
-from vidgen.parallel import axis_rules, make_mesh
+from vidgen.parallel import DEFAULT_RULES, axis_rules, make_mesh
 
 
 class VideoPipeline:
@@ -46,10 +53,12 @@ class VideoPipeline:
     mesh: where generation runs; default: this process's devices.
     text_encoder: the run's frozen pretrained encoder (`config.text.encoder = "hf"`), if the caller has it loaded
       already (the trainer shares its own); default: loaded from `config.text.path` on first use.
+    class_of: prompt -> class id for a class-conditional model; default: the run's data source names the classes.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, networks: dict[str, tuple[nnx.GraphDef, Any]],
-               vae: SpacetimeVAE, *, mesh: jax.sharding.Mesh | None = None, text_encoder: TextEncoder | None = None):
+               vae: SpacetimeVAE, *, mesh: jax.sharding.Mesh | None = None, text_encoder: TextEncoder | None = None,
+               class_of: Callable[[str], int] | None = None):
     self.config = config
     self.mesh = make_mesh({"data": -1}) if mesh is None else mesh
     self.networks = networks
@@ -59,13 +68,17 @@ class VideoPipeline:
     # A run saved before `diffusion.objective` existed has none: objective_from_config reads it as "v".
     self.objective = diffusion.objective_from_config(config.diffusion)
     self.schedule = self.objective.schedule
-    self.source = get_source(config.data)
+    self._source = None
+    self._class_of = class_of
     self.text_kind = text_encoder_kind(config.text) if config.conditioning == "text" else None
     self.tokenizer = self.source.caption_tokenizer(config.text.max_length) if self.text_kind == "small" else None
     self._text_encoder = text_encoder
     self.patch = tuple(config.dit.patch_size)
     self.num_classes = int(config.dit.num_classes)
     self.self_condition = bool(config.dit.get("self_condition", False))
+    # A DiT with a learned variance (DiT's 2C outputs) is sampled with its first C channels, as DDIM / DPM-Solver
+    # use no variance.
+    self.prediction_channels = int(config.dit.in_channels)
     self._compiled: dict = {}
 
   @classmethod
@@ -74,6 +87,42 @@ class VideoPipeline:
     run = runs.load_dit(workdir, mesh, ema=ema)
     return cls(run.config, run.networks, run.vae, mesh=mesh)
 
+  @classmethod
+  def from_dit_checkpoint(cls, path: str, *, vae: str | None = None, variant: str | None = None,
+                          mesh: jax.sharding.Mesh | None = None, **overrides: Any) -> "VideoPipeline":
+    """A published class-conditional DiT (`vidgen.models.load_dit_checkpoint`) with its image VAE.
+
+    Args:
+      path: a diffusers DiT pipeline folder (`transformer/`, `vae/`, model_index.json with the class names), a
+        diffusers transformer folder, or the official `DiT-XL-2-256x256.pt`.
+      vae: the diffusers AutoencoderKL folder the model's latents belong to (stabilityai/sd-vae-ft-ema for DiT);
+        default: `path/vae`.
+      overrides: VideoDiT config fields (e.g. dtype="bfloat16").
+    """
+    from vidgen.models.dit_checkpoint import load_dit_checkpoint
+    from vidgen.models.pretrained import load_pretrained_vae
+
+    transformer = os.path.join(path, "transformer") if os.path.isdir(os.path.join(path, "transformer")) else path
+    vae_path = vae or os.path.join(path, "vae")
+    if not os.path.isdir(vae_path):
+      raise InputError(f"{vae_path}: no VAE folder; pass vae= the diffusers AutoencoderKL folder the DiT's latents "
+                       "belong to (stabilityai/sd-vae-ft-ema)")
+    dit = load_dit_checkpoint(transformer, variant, **overrides)
+    image_vae = load_pretrained_vae(vae_path)
+    spec, factor = dit.spec, image_vae.config["spatial_downsample"]
+    if image_vae.latent_channels != spec.in_channels:
+      raise InputError(f"{vae_path}: the VAE has {image_vae.latent_channels} latent channels, the DiT "
+                       f"{spec.in_channels}")
+    names = _class_names(os.path.join(path, "model_index.json"))
+    config = ml_collections.ConfigDict(dict(
+        conditioning="class", dit=dit_config_dict(dit), sharding_rules=DEFAULT_RULES,
+        diffusion=dict(objective="eps", schedule="linear"),
+        data=dict(num_frames=1, height=spec.input_size[1] * factor, width=spec.input_size[2] * factor),
+        sampling=dict(steps=50, guidance=4.0, sampler="ddim", guidance_interval=(0.0, 1.0))))
+    networks = {"dit": nnx.split(dit, nnx.Param)}
+    return cls(config, networks, image_vae, mesh=mesh,
+               class_of=lambda prompt: _class_id(prompt, names, spec.num_classes))
+
   def sampling_defaults(self) -> dict[str, Any]:
     """The run's `config.sampling` settings and clip length, as keyword arguments of `__call__`."""
     s = self.config.sampling
@@ -81,6 +130,13 @@ class VideoPipeline:
                 guidance_interval=tuple(s.get("guidance_interval", (0.0, 1.0))))
 
   # -- inputs ------------------------------------------------------------------------------------------------------
+
+  @property
+  def source(self):
+    """The run's data source (tokenizer vocabulary, class names, evaluation), opened on first use."""
+    if self._source is None:
+      self._source = get_source(self.config.data)
+    return self._source
 
   @property
   def text_encoder(self) -> TextEncoder:
@@ -103,7 +159,8 @@ class VideoPipeline:
       ids, mask = self.tokenizer(prompts)
       return {"ids": ids, "mask": mask}
     if kind == "class":
-      return {"labels": np.asarray([self.source.class_of(p) for p in prompts], np.int32)}
+      class_of = self._class_of or self.source.class_of
+      return {"labels": np.asarray([class_of(p) for p in prompts], np.int32)}
     return {}
 
   def _check_size(self, num_frames: int, height: int, width: int) -> None:
@@ -169,7 +226,7 @@ class VideoPipeline:
           cond = Conditioning(labels=inputs["labels"])
         else:
           cond = Conditioning()
-        model = lambda z, t, c: dit(z, t, c)
+        model = lambda z, t, c: dit(z, t, c)[..., :self.prediction_channels]
         counter = _Progress(steps) if progress else None
 
         def denoise(z, t, x_prev=None):
@@ -300,6 +357,32 @@ class VideoPipeline:
       self._check_size(frames, h, w)
       sizes.append((int(frames), int(h), int(w)))
     return sizes
+
+
+def dit_config_dict(dit) -> dict[str, Any]:
+  """A VideoDiT's config fields as a dict (what `config.dit` holds)."""
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(dit.spec).items()}
+
+
+def _class_names(model_index: str) -> dict[str, int]:
+  """{lower-case name: class id} from a diffusers DiT pipeline's model_index.json ("id2label", comma-separated
+  synonyms per class), or {} without one."""
+  if not os.path.exists(model_index):
+    return {}
+  with open(model_index) as f:
+    id2label = json.load(f).get("id2label") or {}
+  return {name.strip().lower(): int(i) for i, names in id2label.items() for name in names.split(",")}
+
+
+def _class_id(prompt: str, names: dict[str, int], num_classes: int) -> int:
+  text = prompt.strip().lower()
+  if text.isdigit() and int(text) < num_classes:
+    return int(text)
+  if text in names:
+    return names[text]
+  raise InputError(f"prompt {prompt!r}: not a class id in [0, {num_classes})"
+                   + (" nor a class name of the checkpoint's model_index.json" if names else
+                      " (the checkpoint has no class names: give ids)"))
 
 
 class _Progress:

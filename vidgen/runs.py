@@ -23,12 +23,13 @@ from vidgen.checkpoint import Checkpointer, abstract_like, restore_fields
 from vidgen.config import read_run_config as read_config
 from vidgen.errors import RunNotFoundError
 from vidgen.models.dit import VideoDiT
+from vidgen.models.pretrained import load_pretrained_vae
 from vidgen.models.text import SmallTextEncoder, text_encoder_kind
 from vidgen.models.vae import SpacetimeVAE
 from vidgen.parallel import make_mesh, state_shardings
 
-__all__ = ["DiTRun", "dit_models", "is_finished", "latest_step", "load_dit", "load_vae", "read_config",
-           "vae_workdir"]
+__all__ = ["DiTRun", "dit_models", "is_finished", "latest_step", "load_dit", "load_run_vae", "load_vae",
+           "read_config", "vae_workdir"]
 
 
 def latest_step(workdir: str) -> int | None:
@@ -118,5 +119,11 @@ def load_dit(workdir: str, mesh: jax.sharding.Mesh | None = None, *, ema: bool =
   field = "ema_params" if ema else "params"
   restored = _restore(workdir, config, step, mesh, {field: {name: params for name, (_, params) in split.items()}})
   networks = {name: (graph, restored[field][name]) for name, (graph, _) in split.items()}
-  vae, _ = load_vae(vae_workdir(config, workdir), mesh)
-  return DiTRun(config=config, step=step, networks=networks, vae=vae)
+  return DiTRun(config=config, step=step, networks=networks, vae=load_run_vae(config, workdir, mesh))
+
+
+def load_run_vae(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None = None):
+  """The VAE a DiT run encodes with: the published one in `config.pretrained_vae`, or its trained VAE run."""
+  if config.get("pretrained_vae"):
+    return load_pretrained_vae(config.pretrained_vae)
+  return load_vae(vae_workdir(config, workdir), mesh)[0]

@@ -15,7 +15,7 @@ from flax import nnx
 
 from conftest import experiment_config
 from vidgen.config import ConfigError, load_config_file
-from vidgen.errors import RunNotFoundError
+from vidgen.errors import InputError, RunNotFoundError
 from vidgen.data import to_model_range
 from vidgen.data.shapes import ShapesDataset, caption, parse_combination
 from vidgen.data.latent_cache import CacheMismatchError, LatentCache, LatentIterator
@@ -521,3 +521,23 @@ def test_gradient_accumulation_matches_the_full_batch(t2v_run, tmp_path):
   np.testing.assert_allclose(runs[2], runs[1], rtol=1e-5)
   with pytest.raises(ConfigError, match="grad_accum_steps"):
     train_and_evaluate(t2v_config(grad_accum_steps=3, **common), str(tmp_path / "bad"))
+
+
+def test_eval_metrics_compare_generated_with_real(t2v_run, tmp_path):
+  from vidgen.evaluation import evaluate_metrics
+
+  results = evaluate_metrics(t2v_run, ["psnr", "ssim", "lpips"], num_clips=4, batch_size=3, steps=2)
+  assert results["num_clips"] == 4 and results["generated_by"] == "dit sampling"
+  assert 0.0 < results["psnr"] < 60.0 and -1.0 <= results["ssim"] <= 1.0 and results["lpips"] > 0.0
+  with open(os.path.join(t2v_run, "eval.json")) as f:
+    assert json.load(f)["metrics"]["psnr"] == results["psnr"]
+  # The same clips again: the numbers are a function of (run, seed, num_clips, batch size).
+  again = evaluate_metrics(t2v_run, ["psnr"], num_clips=4, batch_size=3, steps=2, write=False)
+  assert again["psnr"] == results["psnr"]
+
+  refused = [(dict(metrics=["fvd"]), "at least 9 frames"), (dict(metrics=["fid"]), "fid_weights"),
+             (dict(metrics=["psnr"], reference=str(tmp_path)), "reference folder does not pair"),
+             (dict(metrics=["kid"]), "choose from")]
+  for kwargs, message in refused:
+    with pytest.raises(InputError, match=message):
+      evaluate_metrics(t2v_run, num_clips=2, batch_size=2, steps=1, write=False, **kwargs)

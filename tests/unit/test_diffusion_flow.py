@@ -107,8 +107,13 @@ def test_flow_conversions_round_trip_and_loss_identity():
   np.testing.assert_array_equal(diffusion.x_from_prediction(z, v, alpha, sigma), diffusion.x_from_v(z, v, alpha, sigma))
   np.testing.assert_array_equal(diffusion.eps_from_prediction(z, v, alpha, sigma, "v"),
                                 diffusion.eps_from_v(z, v, alpha, sigma))
+  # "eps" (DDPM, DiT) predicts the noise itself: x = (z - sigma eps) / alpha.
+  x_hat = diffusion.x_from_prediction(z, eps, alpha, sigma, "eps")
+  np.testing.assert_allclose(alpha[:, None, None] * x_hat, alpha[:, None, None] * x, atol=1e-5)
+  np.testing.assert_array_equal(diffusion.eps_from_prediction(z, eps, alpha, sigma, "eps"), eps)
+  np.testing.assert_array_equal(diffusion.prediction_target(x, eps, alpha, sigma, "eps"), eps)
   with pytest.raises(ValueError, match="prediction must be one of"):
-    diffusion.x_from_prediction(z, v, alpha, sigma, "eps")
+    diffusion.x_from_prediction(z, v, alpha, sigma, "x0")
 
 
 def test_flow_loss_of_an_exact_oracle_is_zero():
@@ -268,7 +273,9 @@ def test_objective_from_config_and_its_loss():
     ({"objective": "flow", "schedule": "linear"}, "diffusion.schedule"),
     ({"schedule": "flow"}, "diffusion.objective"),
     ({"objective": "v", "schedule": "flow"}, "diffusion.objective"),
-    ({"objective": "eps", "schedule": "cosine"}, "diffusion.objective"),
+    ({"objective": "eps", "schedule": "flow"}, "diffusion.objective"),
+    ({"objective": "eps", "schedule": "linear", "zero_terminal_snr": True}, "diffusion.zero_terminal_snr"),
+    ({"objective": "x0", "schedule": "linear"}, "diffusion.objective"),
     ({"objective": "flow", "schedule": "flow", "zero_terminal_snr": True}, "diffusion.zero_terminal_snr"),
     ({"objective": "flow", "schedule": "flow", "weighting": "min_snr"}, "diffusion.weighting"),
     ({"schedule": "cosine", "timesteps": "beta"}, "diffusion.timesteps"),

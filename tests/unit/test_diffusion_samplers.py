@@ -201,7 +201,7 @@ def test_step_grids():
     "kwargs, match",
     [
         (dict(sampler="heun"), "sampler must be one of"),
-        (dict(prediction="eps"), "prediction must be one of"),
+        (dict(prediction="x0"), "prediction must be one of"),
         (dict(timestep_spacing="uniform"), "timestep_spacing must be one of"),
         (dict(num_steps=0), "num_steps"),
         (dict(num_steps=1001), "num_steps"),

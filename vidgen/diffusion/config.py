@@ -1,6 +1,7 @@
 """The `config.diffusion` block of a run: its fields, their validation, and the schedule and objective they describe.
 
-  objective       "v" (v-prediction, the default when absent) or "flow" (rectified flow: the model predicts u = eps - x)
+  objective       "v" (v-prediction, the default when absent), "flow" (rectified flow: the model predicts u = eps - x)
+                  or "eps" (noise prediction, as DDPM and DiT; not with zero terminal SNR, where eps says nothing)
   schedule        "cosine" (logSNR cosine, `shift` added to logSNR), "linear" (DDPM betas; `zero_terminal_snr`) or
                   "flow" (z = (1 - s) x + s eps, `shift` added to logSNR); objective "flow" and schedule "flow" go
                   together
@@ -56,6 +57,9 @@ def validate_diffusion_config(config: Mapping[str, Any], field: str = "diffusion
     require(schedule != "flow", f"{field}.objective",
             f"must be 'flow' for schedule 'flow' (v-prediction needs a variance-preserving schedule), got "
             f"{objective!r}")
+  if objective == "eps":
+    require(not config.get("zero_terminal_snr", False), f"{field}.zero_terminal_snr",
+            "cannot go with objective 'eps': at SNR 0 the noise is the input, and x cannot be recovered from it")
   if schedule != "linear":
     require(not config.get("zero_terminal_snr", False), f"{field}.zero_terminal_snr",
             f"applies to the 'linear' schedule only; the {schedule!r} schedule fixes its own last step")
@@ -100,7 +104,7 @@ class Objective:
 
   Attributes:
     schedule: the noise schedule.
-    prediction: one of PREDICTIONS ("v" or "flow"); also what `vidgen.diffusion.sample` must be told.
+    prediction: one of PREDICTIONS ("v", "flow" or "eps"); also what `vidgen.diffusion.sample` must be told.
     timesteps: one of TIMESTEP_DISTRIBUTIONS, the training-time distribution.
     logit_mean, logit_std: of the "logit_normal" distribution's normal.
     weighting: one of WEIGHTINGS.

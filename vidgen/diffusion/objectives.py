@@ -6,7 +6,8 @@ With z_t = alpha_t x + sigma_t eps, a denoiser predicts one of PREDICTIONS:
   "v"     v = alpha eps - sigma x      (variance preserving schedules, alpha^2 + sigma^2 = 1):
           x = alpha z - sigma v,   eps = sigma z + alpha v,   ||v - v_hat||^2 = (1 + SNR) ||x - x_hat||^2;
   "flow"  u = eps - x                  (FlowSchedule, alpha + sigma = 1, where u = dz/ds is the straight path's
-          velocity): x = z - sigma u,   eps = z + alpha u,   ||u - u_hat||^2 = ||x - x_hat||^2 / sigma^2.
+          velocity): x = z - sigma u,   eps = z + alpha u,   ||u - u_hat||^2 = ||x - x_hat||^2 / sigma^2;
+  "eps"   eps (DDPM, DiT; any schedule whose alpha stays above 0): x = (z - sigma eps) / alpha.
 
 The "flow" conversions are implemented as x = (z - sigma u) / (alpha + sigma), eps = (z + alpha u) / (alpha + sigma),
 which is exact for any schedule and equals the lines above when alpha + sigma = 1; the "v" ones assume alpha^2 +
@@ -41,7 +42,7 @@ Array = jax.Array
 DenoiseFn = Callable[[Array, Array], Array]
 SelfCondDenoiseFn = Callable[[Array, Array, Array], Array]
 
-PREDICTIONS = ("v", "flow")
+PREDICTIONS = ("v", "flow", "eps")
 WEIGHTINGS = ("v_mse", "min_snr")
 TIMESTEP_DISTRIBUTIONS = ("uniform", "logit_normal")
 
@@ -98,7 +99,7 @@ def _check_prediction(prediction: str) -> None:
 
 
 def prediction_target(x: Array, eps: Array, alpha: Array, sigma: Array, prediction: str = "v") -> Array:
-  """What a denoiser of `prediction` is trained to output: v = alpha eps - sigma x, or u = eps - x for "flow".
+  """What a denoiser of `prediction` is trained to output: v = alpha eps - sigma x, u = eps - x for "flow", or eps.
 
   Args:
     x, eps: clean data and noise, [B, ...].
@@ -111,25 +112,33 @@ def prediction_target(x: Array, eps: Array, alpha: Array, sigma: Array, predicti
   _check_prediction(prediction)
   if prediction == "v":
     return v_from_x_eps(x, eps, alpha, sigma)
+  if prediction == "eps":
+    return eps
   return eps - x
 
 
 def x_from_prediction(z: Array, pred: Array, alpha: Array, sigma: Array, prediction: str = "v") -> Array:
-  """x_hat from a denoiser's output: alpha z - sigma v, or (z - sigma u) / (alpha + sigma) (= z - sigma u on a flow
-  schedule) for "flow".  z, pred: [B, ...]; alpha, sigma: [B] (or a prefix, or scalars); returns [B, ...]."""
+  """x_hat from a denoiser's output: alpha z - sigma v, (z - sigma u) / (alpha + sigma) (= z - sigma u on a flow
+  schedule) for "flow", (z - sigma eps) / alpha for "eps".  z, pred: [B, ...]; alpha, sigma: [B] (or a prefix, or
+  scalars); returns [B, ...]."""
   _check_prediction(prediction)
   if prediction == "v":
     return x_from_v(z, pred, alpha, sigma)
+  if prediction == "eps":
+    return x_from_eps(z, pred, alpha, sigma)
   a, s = broadcast_per_example(alpha, z), broadcast_per_example(sigma, z)
   return (z - s * pred) / (a + s)
 
 
 def eps_from_prediction(z: Array, pred: Array, alpha: Array, sigma: Array, prediction: str = "v") -> Array:
-  """eps_hat from a denoiser's output: sigma z + alpha v, or (z + alpha u) / (alpha + sigma) (= z + alpha u on a flow
-  schedule) for "flow".  z, pred: [B, ...]; alpha, sigma: [B] (or a prefix, or scalars); returns [B, ...]."""
+  """eps_hat from a denoiser's output: sigma z + alpha v, (z + alpha u) / (alpha + sigma) (= z + alpha u on a flow
+  schedule) for "flow", eps itself for "eps".  z, pred: [B, ...]; alpha, sigma: [B] (or a prefix, or scalars);
+  returns [B, ...]."""
   _check_prediction(prediction)
   if prediction == "v":
     return eps_from_v(z, pred, alpha, sigma)
+  if prediction == "eps":
+    return pred
   a, s = broadcast_per_example(alpha, z), broadcast_per_example(sigma, z)
   return (z + a * pred) / (a + s)
 

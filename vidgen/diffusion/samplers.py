@@ -1,6 +1,6 @@
-"""Samplers for v-prediction and rectified-flow denoisers: DDPM ancestral, DDIM (with eta), DPM-Solver++(2M), Euler.
+"""Samplers for v-, eps- and flow-prediction denoisers: DDPM ancestral, DDIM (with eta), DPM-Solver++(2M), Euler.
 
-The denoiser's output (v, or u = eps - x with prediction="flow") is turned into x_hat and eps_hat
+The denoiser's output (v, eps, or u = eps - x with prediction="flow") is turned into x_hat and eps_hat
 (`vidgen.diffusion.objectives`), and every update is written in (alpha, sigma, logsnr) of a general schedule
 z_t = alpha_t x + sigma_t eps, so all samplers hold for variance-preserving and flow schedules alike: DDIM and DDPM
 through the Gaussian posterior q(z_n | z_c, x), whose variance sigma_n^2 (1 - SNR_c / SNR_n) and mean need no
@@ -154,7 +154,8 @@ def sample(
       DDPM's update), "dpmpp_2m" (DPM-Solver++(2M), data prediction, first order on the first and last step),
       "euler" (deterministic first order: DDIM with eta = 0, which is Euler's method on the flow schedule).
     num_steps: n, the number of denoiser evaluations, in [1, schedule.num_train_steps].
-    prediction: one of `vidgen.diffusion.PREDICTIONS`, what denoise_fn outputs: "v" or "flow" (u = eps - x).
+    prediction: one of `vidgen.diffusion.PREDICTIONS`, what denoise_fn outputs: "v", "flow" (u = eps - x) or "eps"
+      (not from a time where alpha = 0: eps-prediction cannot start from pure noise).
     key: PRNG key, required by "ddpm" and by "ddim" with eta > 0.
     eta: DDIM stochasticity in [0, 1]; only for sampler="ddim".
     timestep_spacing: one of TIMESTEP_SPACINGS (see the module docstring).
@@ -185,6 +186,12 @@ def sample(
     raise ValueError(f"key is required for sampler={sampler!r} with eta={eta} (it draws noise)")
 
   times = sampling_times(schedule, num_steps, timestep_spacing) * float(t_start)
+  if prediction == "eps":
+    with jax.ensure_compile_time_eval():  # a constant even when sample() is traced inside a caller's jit
+      alpha_start = float(schedule.alpha_sigma(jnp.float32(times[0]))[0])
+  if prediction == "eps" and not alpha_start > 0.0:
+    raise ValueError(f"prediction='eps' cannot start at t={times[0]}, where alpha = 0 (zero terminal SNR): x cannot "
+                     "be recovered from a noise prediction there; use a schedule without zero terminal SNR")
   # One XLA program for the coefficients and the loop: run eagerly, every small op on the [n + 1] grid would otherwise
   # be compiled on its own for each new n. Inside a caller's jit this inner jit is simply inlined.
   run = functools.partial(

@@ -77,14 +77,15 @@ class PatchEmbed(nnx.Module):
 # Timesteps and labels.
 
 
-def timestep_embedding(t: jax.Array, dim: int, *, max_period: float = 10000.0) -> jax.Array:
+def timestep_embedding(t: jax.Array, dim: int, *, max_period: float = 10000.0, freq_shift: float = 0.0) -> jax.Array:
   """Sinusoidal features of (scaled) timesteps: `[B]` -> `[B, dim]` float32, `[cos | sin]` halves.
 
-  Frequencies fall geometrically from 1 to `1 / max_period`, so inputs on the 0..1000 scale are resolved at every
-  granularity; callers with t in [0, 1] scale it first (see `TimestepEmbedder.time_scale`).
+  Frequencies `max_period^(-i / (dim/2 - freq_shift))`, i = 0 .. dim/2 - 1, fall geometrically from 1, so inputs on
+  the 0..1000 scale are resolved at every granularity; callers with t in [0, 1] scale it first (see
+  `TimestepEmbedder.time_scale`). freq_shift 0 is DiT's / ADM's spacing, 1 that of diffusers' DiT port.
   """
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
   args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
   emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
@@ -93,15 +94,18 @@ def timestep_embedding(t: jax.Array, dim: int, *, max_period: float = 10000.0) -
 
 
 class TimestepEmbedder(nnx.Module):
-  """Continuous t in [0, 1] -> `time_scale * t` -> `freq_dim` sinusoid -> Linear -> SiLU -> Linear -> `[B, width]`.
+  """Continuous t in [0, 1] -> `time_scale * t + time_offset` -> `freq_dim` sinusoid -> Linear -> SiLU -> Linear ->
+  `[B, width]`.
 
   The output is float32: it feeds adaLN, whose modulation is applied in float32.
   """
 
-  def __init__(self, width: int, *, freq_dim: int = 256, time_scale: float = 1000.0, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, width: int, *, freq_dim: int = 256, time_scale: float = 1000.0, time_offset: float = 0.0,
+               freq_shift: float = 0.0, param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.freq_dim = freq_dim
     self.time_scale = time_scale
+    self.time_offset = time_offset
+    self.freq_shift = freq_shift
     init = nnx.initializers.normal(0.02)  # DiT's timestep-MLP init.
     self.fc1 = nnx.Linear(freq_dim, width, param_dtype=param_dtype, kernel_init=logical(init, None, "embed"),
                           bias_init=logical(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
@@ -110,7 +114,8 @@ class TimestepEmbedder(nnx.Module):
 
   def __call__(self, t: jax.Array) -> jax.Array:
     """t: `[B]` float in [0, 1] -> `[B, width]` float32."""
-    emb = timestep_embedding(jnp.asarray(t, jnp.float32) * self.time_scale, self.freq_dim)
+    emb = timestep_embedding(jnp.asarray(t, jnp.float32) * self.time_scale + self.time_offset, self.freq_dim,
+                             freq_shift=self.freq_shift)
     return self.fc2(jax.nn.silu(self.fc1(emb)))
 
 

@@ -217,7 +217,8 @@ class VideoDiT(nnx.Module):
     self.pos_embed = nnx.data(None)
     if spec.pos_embedding != "rope":
       self.pos_embed = SpacetimePosEmbed(spec.token_grid, d, kind=spec.pos_embedding, param_dtype=pdtype, rngs=rngs)
-    self.t_embed = TimestepEmbedder(d, freq_dim=spec.freq_dim, time_scale=spec.time_scale, param_dtype=pdtype,
+    self.t_embed = TimestepEmbedder(d, freq_dim=spec.freq_dim, time_scale=spec.time_scale,
+                                    time_offset=spec.time_offset, freq_shift=spec.freq_shift, param_dtype=pdtype,
                                     rngs=rngs)
     self.label_embed = (LabelEmbedder(spec.num_classes, d, factors=spec.class_factors, param_dtype=pdtype, rngs=rngs)
                         if spec.num_classes else None)

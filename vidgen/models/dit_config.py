@@ -67,6 +67,8 @@ def _base_config() -> ml_collections.ConfigDict:
   c.self_condition = False
   c.freq_dim = 256                    # Sinusoidal timestep features.
   c.time_scale = 1000.0               # t in [0, 1] is multiplied by this before the sinusoid.
+  c.time_offset = 0.0                 # Added after time_scale: -1 for DDPM-step models (DiT sees k = N t - 1).
+  c.freq_shift = 0.0                  # Sinusoid frequencies 10000^(-i / (freq_dim/2 - freq_shift)); diffusers' DiT: 1.
   c.dtype = "auto"                    # Compute dtype; "auto" = bfloat16 on TPU / GPU, float32 on CPU.
   c.param_dtype = "float32"
   c.remat = "none"                    # REMAT_POLICIES.
@@ -158,6 +160,8 @@ class DiTSpec:
   self_condition: bool
   freq_dim: int
   time_scale: float
+  time_offset: float
+  freq_shift: float
   dtype: str
   param_dtype: str
   remat: str
@@ -289,3 +293,6 @@ def validate_config(config: Mapping[str, Any]) -> None:
   require(get("attention_backend") in BACKENDS, "dit.attention_backend",
           f"must be one of {BACKENDS}, got {get('attention_backend')!r}")
   require(float(get("time_scale")) > 0, "dit.time_scale", f"must be positive, got {get('time_scale')!r}")
+  shift = float(get("freq_shift"))
+  require(0.0 <= shift < get("freq_dim") // 2, "dit.freq_shift",
+          f"must be in [0, freq_dim / 2 = {get('freq_dim') // 2}), got {get('freq_shift')!r}")

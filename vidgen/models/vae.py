@@ -284,7 +284,78 @@ class Decoder(nnx.Module):
     return h
 
 
-class SpacetimeVAE(nnx.Module):
+class Autoencoder(nnx.Module):
+  """What every vidgen VAE shares (SpacetimeVAE here; the published WanVAE and ImageVAE): input checks and latent
+  shapes from its factors, autoencoding through its `encode(video) -> DiagonalGaussian` and `decode(z)`, and the
+  per-channel latent normalization held in `latent_shift` / `latent_scale` (`LatentStats`), which the DiT trains and
+  samples in."""
+
+  in_channels: int
+  latent_channels: int
+  spatial_factor: int
+  temporal_factor: int
+
+  # -- shapes and checks -------------------------------------------------------------------------------------------
+
+  def latent_shape(self, video_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """[B, T, H, W, 3] -> [B, 1 + (T - 1) / ft, H / fs, W / fs, C] (after checking the shape)."""
+    self._check_video_shape(tuple(video_shape))
+    b, t, h, w, _ = video_shape
+    return (b, 1 + (t - 1) // self.temporal_factor, h // self.spatial_factor, w // self.spatial_factor,
+            self.latent_channels)
+
+  def _check_video_shape(self, shape: tuple[int, ...]) -> None:
+    name = type(self).__name__
+    if len(shape) != 5:
+      raise ValueError(f"{name} expects video of rank 5 [B, T, H, W, {self.in_channels}], got shape {shape}")
+    _, t, h, w, c = shape
+    ft, fs = self.temporal_factor, self.spatial_factor
+    if c != self.in_channels:
+      raise ValueError(f"{name} expects {self.in_channels} channels in the last axis, got shape {shape}")
+    if t < 1 or (t - 1) % ft:
+      raise ValueError(f"{name} expects T = 1 + {ft}k frames (1, {1 + ft}, {1 + 2 * ft}, ...), got T={t}")
+    if h % fs or w % fs or h < fs or w < fs:
+      raise ValueError(f"{name} expects height and width divisible by {fs}, got {h}x{w}")
+
+  def _check_video(self, video: jax.Array) -> None:
+    if not jnp.issubdtype(video.dtype, jnp.floating):
+      raise ValueError(
+          f"{type(self).__name__} expects a floating video in [-1, 1], got dtype {video.dtype} "
+          "(convert uint8 frames with vidgen.data.to_model_range)")
+    self._check_video_shape(tuple(video.shape))
+
+  def _check_latent(self, z: jax.Array) -> None:
+    name = type(self).__name__
+    if z.ndim != 5 or z.shape[-1] != self.latent_channels:
+      raise ValueError(f"{name}.decode expects latents [B, T', H', W', {self.latent_channels}], got {z.shape}")
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+      raise ValueError(f"{name}.decode expects floating latents, got dtype {z.dtype}")
+
+  @staticmethod
+  def _check_chunk(chunk_frames: int | None, factor: int, what: str) -> None:
+    if chunk_frames is not None and (chunk_frames < factor or chunk_frames % factor):
+      raise ValueError(f"chunk_frames must be a positive multiple of {factor} {what}, got {chunk_frames}")
+
+  # -- autoencoding and latent normalization -----------------------------------------------------------------------
+
+  def __call__(self, video: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, DiagonalGaussian]:
+    """Autoencodes `video`, sampling z with `key` (the posterior mode without one): (reconstruction, posterior)."""
+    posterior = self.encode(video)
+    z = posterior.mode() if key is None else posterior.sample(key)
+    return self.decode(z), posterior
+
+  def normalize(self, z: jax.Array) -> jax.Array:
+    return (z - self.latent_shift[...]) / self.latent_scale[...]
+
+  def denormalize(self, z: jax.Array) -> jax.Array:
+    return z * self.latent_scale[...] + self.latent_shift[...]
+
+  def set_latent_stats(self, shift: jax.Array, scale: jax.Array) -> None:
+    self.latent_shift[...] = jnp.asarray(shift, jnp.float32).reshape(self.latent_channels)
+    self.latent_scale[...] = jnp.asarray(scale, jnp.float32).reshape(self.latent_channels)
+
+
+class SpacetimeVAE(Autoencoder):
   """Causal spacetime VAE. `encode(video) -> DiagonalGaussian`, `decode(z) -> video`, both accepting `chunk_frames`.
 
   Also holds the latent normalization (`normalize` / `denormalize`, per-channel shift and scale measured on data).
@@ -302,44 +373,6 @@ class SpacetimeVAE(nnx.Module):
     self.decoder = Decoder(config, rngs=rngs)
     self.latent_shift = LatentStats(jnp.zeros((config.latent_channels,), jnp.float32))
     self.latent_scale = LatentStats(jnp.ones((config.latent_channels,), jnp.float32))
-
-  # -- shapes and checks -------------------------------------------------------------------------------------------
-
-  def latent_shape(self, video_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """[B, T, H, W, 3] -> [B, 1 + (T - 1) / ft, H / fs, W / fs, C] (after checking the shape)."""
-    self._check_video_shape(tuple(video_shape))
-    b, t, h, w, _ = video_shape
-    return (b, 1 + (t - 1) // self.temporal_factor, h // self.spatial_factor, w // self.spatial_factor,
-            self.latent_channels)
-
-  def _check_video_shape(self, shape: tuple[int, ...]) -> None:
-    if len(shape) != 5:
-      raise ValueError(f"SpacetimeVAE expects video of rank 5 [B, T, H, W, {self.in_channels}], got shape {shape}")
-    _, t, h, w, c = shape
-    ft, fs = self.temporal_factor, self.spatial_factor
-    if c != self.in_channels:
-      raise ValueError(f"SpacetimeVAE expects {self.in_channels} channels in the last axis, got shape {shape}")
-    if t < 1 or (t - 1) % ft:
-      raise ValueError(f"SpacetimeVAE expects T = 1 + {ft}k frames (1, {1 + ft}, {1 + 2 * ft}, ...), got T={t}")
-    if h % fs or w % fs:
-      raise ValueError(f"SpacetimeVAE expects height and width divisible by {fs}, got {h}x{w}")
-
-  def _check_video(self, video: jax.Array) -> None:
-    if not jnp.issubdtype(video.dtype, jnp.floating):
-      raise ValueError(
-          f"SpacetimeVAE expects a floating video in [-1, 1], got dtype {video.dtype} "
-          "(convert uint8 frames with vidgen.data.to_model_range)")
-    self._check_video_shape(tuple(video.shape))
-
-  def _check_latent(self, z: jax.Array) -> None:
-    if z.ndim != 5 or z.shape[-1] != self.latent_channels:
-      raise ValueError(f"SpacetimeVAE.decode expects latents [B, T', H', W', {self.latent_channels}], got {z.shape}")
-    if not jnp.issubdtype(z.dtype, jnp.floating):
-      raise ValueError(f"SpacetimeVAE.decode expects floating latents, got dtype {z.dtype}")
-
-  def _check_chunk(self, chunk_frames: int | None, factor: int, what: str) -> None:
-    if chunk_frames is not None and (chunk_frames < factor or chunk_frames % factor):
-      raise ValueError(f"chunk_frames must be a positive multiple of {factor} {what}, got {chunk_frames}")
 
   # -- encode / decode ---------------------------------------------------------------------------------------------
 
@@ -380,23 +413,6 @@ class SpacetimeVAE(nnx.Module):
     states = _States(previous)
     return net(x, states), states.new
 
-  def __call__(self, video: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, DiagonalGaussian]:
-    """Autoencodes `video`, sampling z with `key` (the posterior mode without one): (reconstruction, posterior)."""
-    posterior = self.encode(video)
-    z = posterior.mode() if key is None else posterior.sample(key)
-    return self.decode(z), posterior
-
-  # -- latent normalization ----------------------------------------------------------------------------------------
-
-  def normalize(self, z: jax.Array) -> jax.Array:
-    return (z - self.latent_shift[...]) / self.latent_scale[...]
-
-  def denormalize(self, z: jax.Array) -> jax.Array:
-    return z * self.latent_scale[...] + self.latent_shift[...]
-
-  def set_latent_stats(self, shift: jax.Array, scale: jax.Array) -> None:
-    self.latent_shift[...] = jnp.asarray(shift, jnp.float32).reshape(self.latent_channels)
-    self.latent_scale[...] = jnp.asarray(scale, jnp.float32).reshape(self.latent_channels)
 
 
 def _stream(run, x: jax.Array, chunk_frames: int | None) -> jax.Array:
@@ -434,5 +450,5 @@ def param_count(module: nnx.Module) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
-__all__ = ["DiagonalGaussian", "LatentStats", "SpacetimeVAE", "default_vae_config", "validate_vae_config",
+__all__ = ["Autoencoder", "DiagonalGaussian", "LatentStats", "SpacetimeVAE", "default_vae_config", "validate_vae_config",
            "param_count"]

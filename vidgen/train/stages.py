@@ -2,7 +2,8 @@
 
   train_and_evaluate(config, workdir)
     trainer "vae":  the VAE                                                              -> workdir
-    trainer "dit":  1. its VAE: config.vae_workdir, or config.vae_stage trained into      -> workdir/vae
+    trainer "dit":  1. its VAE: config.pretrained_vae (a published VAE's diffusers folder), config.vae_workdir,
+                       or config.vae_stage trained into                                  -> workdir/vae
                     2. the latent cache: config.data.cache_clips training clips encoded   -> workdir/latents
                        (and config.validation.clips validation clips beside them, for the validation loss)
                     3. the DiT on that cache                                              -> workdir
@@ -27,7 +28,9 @@ import numpy as np
 from flax import nnx
 
 from vidgen import runs
-from vidgen.config import require
+from vidgen.config import ConfigError, require
+from vidgen.errors import InputError
+from vidgen.models.pretrained import pretrained_vae_geometry
 from vidgen.data.buckets import parse_buckets
 from vidgen.data.latent_cache import BucketedCache, LatentCache
 from vidgen.data.sources import get_source
@@ -52,7 +55,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.trainer == "vae":
     vae_trainer.validate_config(config, mesh_shape)
     return
-  if config.vae_workdir:
+  pretrained = config.get("pretrained_vae", "")
+  if pretrained:
+    require(not config.vae_workdir, "pretrained_vae",
+            f"and vae_workdir={config.vae_workdir!r} both name the VAE; give one")
+    try:
+      vae_config = pretrained_vae_geometry(pretrained)
+    except InputError as e:
+      raise ConfigError(f"config.pretrained_vae: {e}") from None
+  elif config.vae_workdir:
     path = os.path.abspath(config.vae_workdir)
     require(runs.is_finished(path) and runs.read_config(path).get("trainer") == "vae", "vae_workdir",
             f"{path} holds no finished VAE run (config.json and a checkpoint at its last step); train one with "
@@ -97,14 +108,19 @@ def prepare(config: ml_collections.ConfigDict, workdir: str
 
   A sweep calls this once to build the VAE and cache its points share.
   """
-  vae_dir = runs.vae_workdir(config, workdir)
-  if not config.vae_workdir and not runs.is_finished(vae_dir):
-    log(f"stage 1/3: training the VAE in {vae_dir}")
-    train_and_evaluate(config.vae_stage, vae_dir)
-  else:
-    log(f"stage 1/3: using the trained VAE in {vae_dir}")
   mesh = make_mesh(dict(config.mesh))
-  vae, vae_step = runs.load_vae(vae_dir, mesh)
+  if config.get("pretrained_vae"):
+    log(f"stage 1/3: using the pretrained VAE in {config.pretrained_vae}"
+        + (" (config.vae_stage is not trained)" if "vae_stage" in config else ""))
+    vae, vae_step = runs.load_run_vae(config, workdir, mesh), 0
+  else:
+    vae_dir = runs.vae_workdir(config, workdir)
+    if not config.vae_workdir and not runs.is_finished(vae_dir):
+      log(f"stage 1/3: training the VAE in {vae_dir}")
+      train_and_evaluate(config.vae_stage, vae_dir)
+    else:
+      log(f"stage 1/3: using the trained VAE in {vae_dir}")
+    vae, vae_step = runs.load_vae(vae_dir, mesh)
   text_encoder = None
   if config.conditioning == "text" and text_encoder_kind(config.text) == "hf":
     log(f"loading the frozen text encoder {config.text.path}")
@@ -114,7 +130,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str
 
 
 PATH_FIELDS = (("data", "path"), ("data", "eval_path"), ("data", "data_dir"), ("data", "cache_dir"), ("text", "path"),
-               ("vae_workdir",))
+               ("vae_workdir",), ("pretrained_vae",))
 
 
 def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

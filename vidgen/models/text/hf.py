@@ -25,6 +25,7 @@ from vidgen.models.text.clip import CLIPTextEncoder, CLIPTextSpec
 from vidgen.models.text.common import check_ids
 from vidgen.models.text.t5 import T5Encoder, T5Spec
 from vidgen.models.text.tokenizer import load_hf_tokenizer
+from vidgen.models.weights import read_safetensors, safetensors_shapes, shard_files, to_numpy, torch_load
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -66,8 +67,8 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 class _Checkpoint:
   """Read-only view of a checkpoint's tensors by name, over one file or the shards listed in an index.
 
-  safetensors files are read lazily, so a full encoder-decoder checkpoint costs only the encoder's tensors; numpy
-  cannot hold bfloat16, so bfloat16 tensors are read through safetensors' flax backend (still no torch needed).
+  safetensors files are read lazily (shapes from their headers, a tensor when asked for), so a full encoder-decoder
+  checkpoint costs only the encoder's tensors; bfloat16 tensors come back as float32 (see `vidgen.models.weights`).
   """
 
   def __init__(self, directory: pathlib.Path):
@@ -75,67 +76,26 @@ class _Checkpoint:
     if path is None:
       raise FileNotFoundError(f"no weights file in {directory}; expected one of {list(WEIGHT_FILES)}")
     self.path = path
-    if path.name.endswith(".index.json"):
-      weight_map = json.loads(path.read_text())["weight_map"]
-      files = sorted(set(weight_map.values()))
-    else:
-      files = [path.name]
-    self._where: dict[str, tuple[pathlib.Path, Any]] = {}
-    for name in files:
-      file = directory / name
-      if not file.is_file():
-        raise FileNotFoundError(f"weights shard {file} listed in {path} does not exist")
+    self._shapes: dict[str, tuple[int, ...]] = {}
+    self._where: dict[str, tuple[pathlib.Path, Any]] = {}  # name -> (file, its torch tensor; None for safetensors)
+    for file in shard_files(path) if path.name.endswith(".index.json") else [path]:
       if file.suffix == ".safetensors":
-        from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-
-        try:
-          with safe_open(str(file), framework="numpy") as f:
-            for key in f.keys():
-              self._where[key] = (file, None)
-        except Exception as e:  # safetensors raises its own SafetensorError type for corrupt or truncated files.
-          raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
-      else:
-        for key, tensor in _torch_load(file).items():
-          self._where[key] = (file, tensor)
+        shapes, tensors = safetensors_shapes(file), {}
+      else:  # a pickle is in memory once loaded; its tensors are converted when asked for.
+        tensors = torch_load(file)
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+      self._shapes.update(shapes)
+      self._where.update((k, (file, tensors.get(k))) for k in shapes)
 
   def names(self) -> list[str]:
     return list(self._where)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    file, tensor = self._where[name]
-    if tensor is not None:
-      return tuple(tensor.shape)
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-
-    with safe_open(str(file), framework="numpy") as f:
-      return tuple(f.get_slice(name).get_shape())
+    return self._shapes[name]
 
   def get(self, name: str) -> np.ndarray:
     file, tensor = self._where[name]
-    if tensor is not None:
-      import torch  # pylint: disable=g-import-not-at-top
-
-      tensor = tensor.detach()
-      return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-
-    with safe_open(str(file), framework="numpy") as f:
-      if f.get_slice(name).get_dtype() != "BF16":
-        return f.get_tensor(name)
-    with safe_open(str(file), framework="flax") as f:
-      return np.asarray(f.get_tensor(name))
-
-
-def _torch_load(file: pathlib.Path) -> dict[str, Any]:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f"{file} is a PyTorch pickle; reading it needs torch (pip install torch), or convert the "
-                      f"checkpoint to model.safetensors") from e
-  state = torch.load(str(file), map_location="cpu", weights_only=True)
-  if not isinstance(state, Mapping):
-    raise ValueError(f"{file} does not hold a state dict (name -> tensor); got {type(state).__name__}")
-  return dict(state)
+    return to_numpy(tensor) if tensor is not None else read_safetensors(file, [name])[name]
 
 
 def _short_list(names: Sequence[str], limit: int = 20) -> str:
