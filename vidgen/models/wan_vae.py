@@ -39,7 +39,7 @@ from vidgen.errors import ConfigError
 from vidgen.layers.attention import full_attention
 from vidgen.layers.conv import CausalConv3d, depth_to_space
 from vidgen.layers.precision import COMPUTE_DTYPES, DTYPES, resolve_dtype
-from vidgen.models.vae import VIDEO_AXES, Autoencoder, DiagonalGaussian, LatentStats, _stream
+from vidgen.models.vae import VIDEO_AXES, Autoencoder, DiagonalGaussian, LatentStats, _States, _stream
 from vidgen.models.weights import read_state_dict
 from vidgen.parallel import constrain
 from vidgen.parallel.sharding import logical
@@ -101,21 +101,13 @@ def validate_wan_vae_config(config: ml_collections.ConfigDict) -> None:
 # Layers.
 
 
-class _Cache:
-  """The temporal convs' states of one pass, one entry per conv in call order (cf. `vidgen.models.vae._States`).
+class _Cache(_States):
+  """The temporal convs' states of one pass, one entry per conv in call order, as `vidgen.models.vae._States` but
+  with Wan's zero past: `previous=None` marks the start of the video, whose frame 0 has zeros before it.
 
-  `previous=None` marks the start of the video. Each state is the conv's last input frames (2 for a kernel of 3), so
-  the carried structure has the same shapes after the 1-frame first chunk and after any later chunk, as a
-  `fori_loop` over chunks needs.
+  Each state is the conv's last input frames (2 for a kernel of 3), so the carried structure has the same shapes after
+  the 1-frame first chunk and after any later chunk, as a `fori_loop` over chunks needs.
   """
-
-  def __init__(self, previous: list[jax.Array] | None):
-    self.previous = previous
-    self.new: list[jax.Array] = []
-
-  @property
-  def at_start(self) -> bool:
-    return self.previous is None
 
   def take(self, start: jax.Array) -> jax.Array:
     """The state of the next conv: the carried one, or `start` at the start of the video (then `put` its update)."""
