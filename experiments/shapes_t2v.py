@@ -3,6 +3,7 @@
   vidgen train --config experiments/shapes_t2v.py --workdir workdirs/shapes_t2v
   vidgen train --config experiments/shapes_t2v.py:runlocal --workdir /tmp/smoke      # seconds: CI / smoke test
   vidgen train --config experiments/shapes_t2v.py:flow --workdir workdirs/shapes_t2v_flow   # rectified flow
+  vidgen train --config experiments/shapes_t2v.py:tasks --workdir workdirs/shapes_t2v_tasks   # + frame tasks
   vidgen sample --workdir workdirs/shapes_t2v --prompt "a red square moving down" --output red_square.mp4
   vidgen eval --workdir workdirs/shapes_t2v
 
@@ -18,7 +19,8 @@ training times, Euler sampling; everything else equal, so the two objectives com
 `buckets` (native sizes: batches of 17-frame clips at 64x64, 48x96 and 96x48, 9-frame clips and 1-frame images, each
 batch one size under a token budget; evaluated at each size and at two never trained on), `packing` (the same sizes
 packed into rows of 1024 tokens instead, Patch n' Pack), `rope` (3-D rotary positions instead of learned tables that
-are resampled to other sizes).
+are resampled to other sizes), `tasks` (frame conditioning trained with text-to-video: image-to-video, extension
+forwards and backwards, interpolation; vidgen.diffusion.tasks).
 """
 
 import os
@@ -42,7 +44,8 @@ SAMPLE_PROMPTS = ("a red circle moving right", "a green square moving up", "a bl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, runlocal=False, flow=False, buckets=False, packing=False, rope=False, **{"class": False})
+  args = parse_arg(arg, runlocal=False, flow=False, buckets=False, packing=False, rope=False, tasks=False,
+                   **{"class": False})
   args.buckets = args.buckets or args.packing  # packing packs the buckets' sizes
   vae_stage = load_config_file(os.path.join(_HERE, "shapes_vae.py"), "runlocal" if args.runlocal else None)
 
@@ -100,6 +103,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_classes=NUM_CLASSES if args["class"] else 0, class_factors=CLASS_FACTORS if args["class"] else (),
       class_tokens=args["class"],
       text_dim=0 if args["class"] else config.text.width)
+  # Relative weights of the training tasks (vidgen.diffusion.tasks); with frame tasks the DiT reads the known latents
+  # and their mask in C + 1 task channels. Half text-to-video keeps most of the steps on the main task.
+  config.tasks = ml_collections.ConfigDict(dict(text_to_video=1.0))
+  if args.tasks:
+    config.tasks.update(text_to_video=0.5, image_to_video=0.15, extend_forward=0.15, extend_backward=0.1,
+                        interpolate=0.1)
+    config.dit.task_channels = vae_stage.vae.latent_channels + 1
   # Two super-blocks, unrolled rather than scanned (same results, no per-iteration parameter slicing): a faster step
   # at this depth. Deep models keep the scan, whose compile time does not grow with depth.
   config.dit.scan_layers = False

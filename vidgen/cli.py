@@ -1,4 +1,4 @@
-"""The `vidgen` command: `vidgen train | sample | eval | sweep` (see USAGE).
+"""The `vidgen` command: `vidgen train | sample | eval | sweep | lora merge` (see USAGE).
 
 A thin entry point: flags are parsed here and the work is done by importable functions (`train_and_evaluate`).
 A user's mistake (a bad config value, an unknown word in a prompt, a size that does not fit, a workdir without the
@@ -45,6 +45,17 @@ _GUIDANCE = flags.DEFINE_float("guidance", 4.0, "sample: classifier-free guidanc
 _GUIDANCE_INTERVAL = flags.DEFINE_list("guidance_interval", ["0", "1"], "sample: t_lo,t_hi: guide only at noise "
                                         "levels t in [t_lo, t_hi] (t = 1 is pure noise), conditional-only elsewhere.")
 _SEED = flags.DEFINE_integer("seed", 0, "sample: noise seed.")
+_IMAGE = flags.DEFINE_string("image", None, "sample: animate this image (its first frame): image-to-video.")
+_VIDEO = flags.DEFINE_string("video", None, "sample: a video to extend (see --extend).")
+_EXTEND = flags.DEFINE_enum("extend", None, ["forward", "backward"], "sample: with --video, continue it (forward) or "
+                            "generate what came before it (backward).")
+_FIRST = flags.DEFINE_string("first", None, "sample: an image or video the output starts with (with --last: connect).")
+_LAST = flags.DEFINE_string("last", None, "sample: an image or video the output ends with (with --first: connect).")
+_LOOP = flags.DEFINE_bool("loop", False, "sample: a video whose end leads back into its start.")
+_OVERLAP = flags.DEFINE_integer("overlap", None, "sample: latent frames taken from a given video, per side (and "
+                                "between the windows of a long video).")
+_WINDOW = flags.DEFINE_integer("window", None, "sample: frames generated at once (default: the training clip length); "
+                               "a longer --num_frames is generated window by window.")
 # The names of vidgen.diffusion.SAMPLERS, spelled out: importing vidgen.diffusion here would load JAX for every command.
 _SAMPLER = flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm", "dpmpp_2m", "euler"],
                              "sample: sampler, for v and flow runs alike (euler: the deterministic first-order step, "
@@ -61,6 +72,11 @@ _REFERENCE = flags.DEFINE_string("reference", None, "eval: a folder of real vide
 _FID_WEIGHTS = flags.DEFINE_string("fid_weights", None, "eval: pt_inception-2015-12-05-6726825d.pth (pytorch-fid's "
                                    "release) for fid.")
 
+# LoRA fine-tunes (vidgen.train.lora_trainer).
+_LORA = flags.DEFINE_multi_string("lora", None, "sample: a LoRA run of --workdir's model to merge into it, DIR or "
+                                  "DIR:WEIGHT (repeat the flag for several).")
+_WEIGHT = flags.DEFINE_float("weight", 1.0, "lora merge: the adapters' weight (1 = as trained).")
+
 # sweep.
 _PRINT = flags.DEFINE_bool("print", False, "sweep: print one shell command per step (prepare, each point, collect) "
                            "for a cluster scheduler instead of running the sweep here.")
@@ -70,9 +86,13 @@ _STAGE = flags.DEFINE_enum("stage", "all", ["all", "prepare", "collect"], "sweep
 USAGE = """usage:
   vidgen train --config experiments/NAME.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
   vidgen sample --workdir DIR --prompt TEXT --output out.mp4 [--num_frames 17 --steps 50 --guidance 4 --seed 0]
+  vidgen sample --workdir DIR --prompt TEXT --output out.mp4 [--image I.png | --video V.mp4 --extend forward|backward
+                | --first A --last B | --loop | --num_frames 65 --window 17 --overlap 2]   (a run trained with tasks)
   vidgen sample --checkpoint DiT-XL-2-256 --prompt 207 --output dog.png [--vae sd-vae-ft-ema]
   vidgen eval --workdir DIR [--metrics fvd,fid,lpips,psnr,ssim --num_clips 256 --reference VIDEOS --fid_weights F]
-  vidgen sweep --config experiments/SWEEP.py[:ARG] --workdir DIR [--print] [--stage all|prepare|collect]"""
+  vidgen sweep --config experiments/SWEEP.py[:ARG] --workdir DIR [--print] [--stage all|prepare|collect]
+  vidgen sample --workdir BASE_RUN --lora LORA_RUN[:WEIGHT] --prompt TEXT --output out.mp4
+  vidgen lora merge --workdir LORA_RUN [--weight 1.0] --output MERGED_RUN"""
 
 
 def _train() -> None:
@@ -119,7 +139,10 @@ def _sample() -> None:
   if _CHECKPOINT.value:
     pipe = VideoPipeline.from_dit_checkpoint(_CHECKPOINT.value, vae=_VAE.value)
   else:
-    pipe = VideoPipeline.from_workdir(_WORKDIR.value)
+    from vidgen.cascade import with_super_resolution
+
+    pipe = VideoPipeline.from_workdir(_WORKDIR.value, lora=_lora_flags(_LORA.value))
+    pipe = with_super_resolution(pipe, _WORKDIR.value)  # base -> super-resolution when WORKDIR/sr is a finished stage
   prompts = _PROMPT.value
   num_frames = _NUM_FRAMES.value or pipe.config.data.num_frames
   if ext.lower() == ".png" and num_frames != 1:
@@ -127,11 +150,50 @@ def _sample() -> None:
   videos = pipe(prompts, num_frames=num_frames, height=_HEIGHT.value, width=_WIDTH.value,
                 aspect_ratio=_ASPECT.value, steps=_STEPS.value,
                 guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value,
-                guidance_interval=_interval(_GUIDANCE_INTERVAL.value), progress=True)
+                guidance_interval=_interval(_GUIDANCE_INTERVAL.value), progress=True, **_frame_conditions())
   paths = [_OUTPUT.value] if len(prompts) == 1 else [f"{root}_{i}{ext}" for i in range(len(prompts))]
   for path, prompt, video in zip(paths, prompts, videos):
     media.write_video(path, video)
     print(f"{path}: {prompt!r} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]})")
+
+
+def _frame_conditions() -> dict:
+  """--image / --video / --extend / --first / --last / --loop / --overlap / --window as pipeline arguments; a file
+  of one frame is an image."""
+  from vidgen import media
+
+  def frames(path, image=False):
+    if path is None:
+      return None
+    video = media.read_video(path)
+    return video[0] if image or len(video) == 1 else video
+
+  return dict(image=frames(_IMAGE.value, image=True), video=frames(_VIDEO.value), extend=_EXTEND.value,
+              first=frames(_FIRST.value), last=frames(_LAST.value), loop=_LOOP.value, overlap=_OVERLAP.value,
+              window=_WINDOW.value)
+
+
+def _lora_flags(values: list[str] | None) -> list[tuple[str, float]]:
+  """--lora DIR or DIR:WEIGHT values -> [(DIR, WEIGHT)]."""
+  pairs = []
+  for value in values or ():
+    path, sep, weight = value.rpartition(":")
+    try:
+      pairs.append((path, float(weight)) if sep and path else (value, 1.0))
+    except ValueError:  # a ':' that belongs to the path
+      pairs.append((value, 1.0))
+  return pairs
+
+
+def _lora(args: list[str]) -> None:
+  """`vidgen lora merge`: a LoRA run merged into its base, written as an ordinary DiT run."""
+  if args != ["merge"] or not _WORKDIR.value or not _OUTPUT.value:
+    raise app.UsageError(f"expected `vidgen lora merge --workdir LORA_RUN --output DIR [--weight W]`\n{USAGE}")
+  from vidgen.train.lora_trainer import merge_to_workdir
+
+  output = merge_to_workdir(_WORKDIR.value, _OUTPUT.value, weight=_WEIGHT.value)
+  print(f"{output}: {_WORKDIR.value} merged into its base with weight {_WEIGHT.value}; sample it with `vidgen sample "
+        f"--workdir {output}`")
 
 
 def _eval() -> None:
@@ -185,10 +247,14 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     # Library INFO logs (orbax's per-save chatter, clu's logging writer) would drown the progress line.
     logging.set_verbosity(logging.WARNING)
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"expected one command from {sorted(COMMANDS)}, got {argv[1:]}\n{USAGE}")
+  subcommand = len(argv) >= 2 and argv[1] == "lora"  # `vidgen lora merge`: the one command with a subcommand
+  if not subcommand and (len(argv) != 2 or argv[1] not in COMMANDS):
+    raise app.UsageError(f"expected one command from {sorted([*COMMANDS, 'lora'])}, got {argv[1:]}\n{USAGE}")
   try:
-    COMMANDS[argv[1]]()
+    if subcommand:
+      _lora(argv[2:])
+    else:
+      COMMANDS[argv[1]]()
   except UserError as e:
     print(f"vidgen {argv[1]}: error: {e}", file=sys.stderr)
     sys.exit(USER_ERROR_EXIT_CODE)

@@ -33,10 +33,12 @@ import numpy as np
 from flax import nnx
 
 from vidgen import diffusion, runs
+from vidgen.diffusion import tasks
 from vidgen.data import to_model_range, to_uint8
 from vidgen.data.sources import get_source
 from vidgen.config import require
 from vidgen.errors import InputError
+from vidgen.frame_conditions import WindowPlan, plan_window
 from vidgen.models.dit import Conditioning, null_conditioning
 from vidgen.models.text import TextEncoder, load_frozen_text_encoder, text_encoder_kind
 from vidgen.models.vae import SpacetimeVAE, latent_grid
@@ -82,9 +84,20 @@ class VideoPipeline:
     self._compiled: dict = {}
 
   @classmethod
-  def from_workdir(cls, workdir: str, *, ema: bool = True, mesh: jax.sharding.Mesh | None = None) -> "VideoPipeline":
-    """Loads a DiT run's weights (EMA by default) and its VAE from `workdir` (see `vidgen.runs.load_dit`)."""
+  def from_workdir(cls, workdir: str, *, lora: str | Sequence[tuple[str, float]] | None = None, ema: bool = True,
+                   mesh: jax.sharding.Mesh | None = None) -> "VideoPipeline":
+    """Loads a DiT run's weights (EMA by default) and its VAE from `workdir` (see `vidgen.runs.load_dit`).
+
+    `lora`: LoRA fine-tunes of that run (`vidgen.train.lora_trainer`) merged into its weights: one workdir (weight 1)
+    or a list of (workdir, weight) pairs; prompts may then use the words a fine-tune added. `workdir` may also be a
+    LoRA run itself: its base with its adapters (and any in `lora`)."""
+    adapters = _lora_list(lora)
+    if os.path.exists(os.path.join(workdir, "config.json")) and runs.read_config(workdir).get("trainer") == "lora":
+      adapters = [(workdir, 1.0), *adapters]
+      workdir = runs.read_config(workdir).base_workdir
     run = runs.load_dit(workdir, mesh, ema=ema)
+    if adapters:
+      run = runs.with_lora(run, [(runs.load_lora(path, mesh, ema=ema), weight) for path, weight in adapters])
     return cls(run.config, run.networks, run.vae, mesh=mesh)
 
   @classmethod
@@ -210,7 +223,8 @@ class VideoPipeline:
     if key in self._compiled:
       return self._compiled[key]
 
-    def generate(params, vae_params, vae_stats, inputs, noise, init_video, guidance, sample_key):
+    def generate(params, vae_params, vae_stats, inputs, noise, init_video, guidance, sample_key, known=None,
+                 known_mask=None, task=None):
       with axis_rules(self.mesh, self.rules):
         dit = nnx.merge(self.networks["dit"][0], params["dit"])
         vae = nnx.merge(self.vae_graph, vae_params, vae_stats)
@@ -227,10 +241,16 @@ class VideoPipeline:
         else:
           cond = Conditioning()
         model = lambda z, t, c: dit(z, t, c)[..., :self.prediction_channels]
+        if known is not None:  # frame condition: known latents in the task channels and clean in the input
+          cond = cond.replace(task=tasks.task_inputs(known, known_mask))
+        elif task is not None:  # a condition on every frame (a cascade stage's low-resolution clip)
+          cond = cond.replace(task=task)
         counter = _Progress(steps) if progress else None
 
         def denoise(z, t, x_prev=None):
           c = cond if x_prev is None else cond.replace(self_cond=x_prev)  # self-conditioning: the last estimate
+          if known is not None:
+            z = tasks.fill_known(z, known, known_mask)
           if progress:
             jax.debug.callback(counter.tick, t[0], ordered=True)
           if guided:
@@ -241,6 +261,8 @@ class VideoPipeline:
         z0 = diffusion.sample(denoise, noise, schedule=self.schedule, sampler=sampler, num_steps=steps,
                               prediction=self.objective.prediction, key=sample_key,
                               self_condition=self.self_condition, t_start=strength)
+        if known is not None:
+          z0 = tasks.fill_known(z0, known, known_mask)
         z0 = vae.denormalize(z0)
         return jnp.clip(vae.decode(z0), -1.0, 1.0) if decode else z0
 
@@ -253,8 +275,10 @@ class VideoPipeline:
                steps: int = 50, guidance: float = 4.0, seed: int = 0,
                sampler: str = "ddim", guidance_interval: Sequence[float] = (0.0, 1.0),
                init_video: np.ndarray | None = None, strength: float = 1.0, progress: bool = False,
-               output: str = "video", aspect_ratio: float | Sequence[float | None] | None = None
-               ) -> np.ndarray | list[np.ndarray]:
+               output: str = "video", aspect_ratio: float | Sequence[float | None] | None = None,
+               image: np.ndarray | None = None, video: np.ndarray | None = None, extend: str | None = None,
+               first: np.ndarray | None = None, last: np.ndarray | None = None, loop: bool = False,
+               overlap: int | None = None, window: int | None = None) -> np.ndarray | list[np.ndarray]:
     """Generates one video per prompt.
 
     Args:
@@ -277,6 +301,18 @@ class VideoPipeline:
         The sampler takes `steps` steps over [0, strength].
       progress: print a progress line over sampling steps (to stderr).
       output: "video" (decoded frames) or "latent" (the sampled latents, before VAE decoding).
+      image, video, extend, first, last, loop, overlap, window: frame conditions, for a run trained with frame tasks
+        (`config.tasks`; see `vidgen.frame_conditions` for shapes and where each frame goes). Frames are uint8 or
+        float in [0, 1] and set the size; the output holds every given frame as given, with the generated ones
+        around it.
+        image: animate an image (it is the first frame).
+        video, extend: continue a clip ("forward", the default) or generate what came before it ("backward").
+        first, last: connect two clips or images (interpolation).
+        loop: the video's end leads back into its start (a second window bridges them), for seamless repeats.
+        window: frames generated at once (default: the run's training clip length). With num_frames > window the
+          video is generated window by window, each extending the last by `overlap` latent frames (default
+          T // 2 of a T-latent-frame window), in memory that does not grow with num_frames.
+        overlap: latent frames taken from a given clip per side.
 
     Returns:
       uint8 [T, H, W, 3] for one prompt, [B, T, H, W, 3] for a list of one size, a list of [T, H, W, 3] for a list
@@ -303,7 +339,6 @@ class VideoPipeline:
       raise InputError(f"strength={strength!r}: must be a number in (0, 1]")
     if strength != 1.0 and init_video is None:
       raise InputError(f"strength={strength!r} needs init_video, the clip to start from")
-    sizes = self._sizes(len(prompts), num_frames, height, width, aspect_ratio)
     if sampler not in diffusion.SAMPLERS:
       raise InputError(f"sampler={sampler!r}: allowed {diffusion.SAMPLERS}")
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.schedule.num_train_steps:
@@ -314,10 +349,25 @@ class VideoPipeline:
       interval = diffusion.check_interval(guidance_interval, "guidance_interval")
     except ValueError as e:
       raise InputError(str(e)) from None
-    if init_video is not None and len(set(sizes)) > 1:
-      raise InputError("init_video: every prompt takes its clip's size; give no per-prompt sizes")
     if output not in ("video", "latent"):
       raise InputError(f"output={output!r}: must be 'video' or 'latent'")
+    frames_given = any(v is not None for v in (image, video, first, last)) or extend is not None or loop
+    if window is not None or frames_given or overlap is not None:
+      self._check_frame_tasks()
+    window = self.config.data.num_frames if window is None and self.frame_tasks else window
+    long_video = (init_video is None and window is not None and isinstance(num_frames, (int, np.integer))
+                  and num_frames > window)
+    if frames_given or long_video:
+      if init_video is not None or output != "video":
+        raise InputError("frame conditions and long videos: give no init_video and keep output='video'")
+      return self._with_frames(prompts, single, num_frames=num_frames, height=height, width=width,
+                               aspect_ratio=aspect_ratio, window=window, overlap=overlap, loop=bool(loop),
+                               conditions=dict(image=image, video=video, extend=extend, first=first, last=last),
+                               steps=int(steps), sampler=sampler, guidance=guidance, interval=interval, seed=seed,
+                               progress=progress)
+    sizes = self._sizes(len(prompts), num_frames, height, width, aspect_ratio)
+    if init_video is not None and len(set(sizes)) > 1:
+      raise InputError("init_video: every prompt takes its clip's size; give no per-prompt sizes")
     inputs = self._condition_inputs(prompts)
     base = jax.random.key(seed)
     sample_key = jax.random.fold_in(base, -1 & 0x7FFFFFFF)
@@ -339,6 +389,121 @@ class VideoPipeline:
     if single:
       return outputs[0]
     return np.stack(outputs) if len(set(sizes)) == 1 else outputs
+
+  # -- frame conditions and long videos -----------------------------------------------------------------------------
+
+  @property
+  def frame_tasks(self) -> bool:
+    """Whether the run was trained with frame tasks (`config.tasks`), so it takes frame conditions."""
+    return tasks.uses_frame_tasks(self.config.get("tasks"))
+
+  def _check_frame_tasks(self) -> None:
+    if not self.frame_tasks:
+      raise InputError("image=, video=, first=, last=, loop, overlap and window need a run trained with frame tasks "
+                       "(config.tasks with image_to_video, extend_* or interpolate); this run trained text-to-video "
+                       "only")
+
+  def _encode_fn(self):
+    """Frames `[B, F, H, W, 3]` in [-1, 1] -> normalized latents `[B, F', H', W', C]` (the posterior mean)."""
+    if "encode" not in self._compiled:
+      def encode(vae_params, vae_stats, frames):
+        with axis_rules(self.mesh, self.rules):
+          vae = nnx.merge(self.vae_graph, vae_params, vae_stats)
+          return vae.normalize(vae.encode(frames).mode())
+      self._compiled["encode"] = jax.jit(encode)
+    return self._compiled["encode"]
+
+  def _known_latents(self, plan: WindowPlan, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The window's known latents `[B, T, H', W', C]` and mask `[B, T]` from a plan's head and tail frames."""
+    encode = self._encode_fn()
+    known, mask = np.zeros(shape, np.float32), np.zeros(shape[:2], bool)
+    if plan.head is not None:
+      known[:, :plan.head_latents] = np.asarray(encode(self.vae_params, self.vae_stats, plan.head))
+      mask[:, :plan.head_latents] = True
+    if plan.tail is not None:
+      # Coded after a copy of its first frame, so that its groups of 4 line up with the window's (module
+      # vidgen.frame_conditions); the copy's own latent frame is dropped.
+      coded = encode(self.vae_params, self.vae_stats, np.concatenate([plan.tail[:, :1], plan.tail], axis=1))
+      known[:, shape[1] - plan.tail_latents:] = np.asarray(coded)[:, 1:]
+      mask[:, shape[1] - plan.tail_latents:] = True
+    return known, mask
+
+  def _window(self, generate, inputs: dict, plan: WindowPlan | None, size: tuple[int, int, int], seeds: list,
+              guidance: float, sample_key) -> np.ndarray:
+    """One window of the given plan (None: text-to-video) -> the output frames it contributes, uint8
+    `[B, F, H, W, 3]`: the plan's given frames and the generated ones between them."""
+    shape = (*latent_grid(self.vae_config, *size), self.vae_config["latent_channels"])
+    noise = jnp.stack([jax.random.normal(k, shape) for k in seeds])
+    params = {name: p for name, (_, p) in self.networks.items()}
+    known = mask = None
+    if plan is not None:
+      known, mask = self._known_latents(plan, noise.shape)
+    video = to_uint8(np.asarray(generate(params, self.vae_params, self.vae_stats, inputs, noise, None,
+                                         jnp.float32(guidance), sample_key, known, mask)))
+    if plan is None:
+      return video
+    parts = ([to_uint8(plan.prefix)] if plan.prefix is not None else []) + [video[:, plan.keep[0]:plan.keep[1]]] \
+        + ([to_uint8(plan.suffix)] if plan.suffix is not None else [])
+    return np.concatenate(parts, axis=1)
+
+  def _with_frames(self, prompts: list[str], single: bool, *, num_frames, height, width, aspect_ratio, window,
+                   overlap, loop: bool, conditions: dict, steps: int, sampler: str, guidance: float,
+                   interval: tuple[float, float], seed: int, progress: bool) -> np.ndarray:
+    """Frame-conditioned generation, loops and long videos (see `__call__`): uint8 `[T, H, W, 3]` or
+    `[B, T, H, W, 3]`."""
+    for name, value in (("num_frames", num_frames), ("height", height), ("width", width),
+                        ("aspect_ratio", aspect_ratio)):
+      if isinstance(value, (list, tuple, np.ndarray)):
+        raise InputError(f"{name}: frame conditions and long videos take one size for every prompt")
+    given = [v for k, v in conditions.items() if k != "extend" and v is not None]
+    if given:  # the frames set the size
+      sides = {tuple(np.shape(v)[-3:-1]) for v in given}
+      if len(sides) > 1:
+        raise InputError(f"the given frames have different sizes {sorted(sides)}; give frames of one size")
+      height, width = sides.pop()
+      if aspect_ratio is not None:
+        raise InputError("aspect_ratio: the given frames set the size")
+    else:
+      height, width = self._resolve_size(height, width, aspect_ratio)
+    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+      raise InputError(f"num_frames={num_frames!r}: must be a positive integer")
+    long_video = num_frames > window
+    frames = window if long_video else num_frames
+    self._check_size(frames, height, width)
+    size = (int(frames), int(height), int(width))
+    latents = latent_grid(self.vae_config, *size)[0]
+    ft = self.vae_config["temporal_downsample"]
+    plan = plan_window(latents, **conditions, overlap=None if long_video else overlap, batch=len(prompts),
+                       temporal=ft)
+    if loop and (conditions["video"] is not None or conditions["last"] is not None):
+      raise InputError("loop: it starts from text, image= or first=; not with video= or last=")
+    if long_video and (loop or plan is not None and plan.suffix is not None):
+      raise InputError("a long video (num_frames > window) extends forwards: no loop, last= or backward extension")
+    inputs = self._condition_inputs(prompts)
+    base = jax.random.key(seed)
+    sample_key = jax.random.fold_in(base, -1 & 0x7FFFFFFF)
+    guided = self.config.conditioning != "none" and guidance != 1.0
+    generate = self._generate_fn(steps, sampler, guided, interval, 1.0, progress, True)
+    # Example i's first window draws the noise a plain call would (fold_in(key(seed), i)); later windows their own.
+    seeds = lambda j: [jax.random.fold_in(base, i) if j == 0 else jax.random.fold_in(jax.random.fold_in(base, i), j)
+                       for i in range(len(prompts))]  # noqa: E731
+    window_fn = lambda p, j: self._window(generate, inputs, p, size, seeds(j), guidance, sample_key)  # noqa: E731
+    video = window_fn(plan, 0)
+    if loop:  # a second window from the video's end back to its start
+      bridge = plan_window(latents, first=video, last=video[:, :ft], overlap=overlap, batch=len(prompts), temporal=ft)
+      joined = window_fn(bridge, 1)
+      video = np.concatenate([video, joined[:, video.shape[1]:joined.shape[1] - ft]], axis=1)
+    count = 1
+    while long_video and video.shape[1] < num_frames:
+      k = overlap or max(1, latents // 2)
+      step = plan_window(latents, video=video[:, -(1 + ft * (k - 1)):], overlap=k, batch=len(prompts), temporal=ft)
+      video = np.concatenate([video, window_fn(step, count)[:, step.prefix.shape[1]:]], axis=1)
+      count += 1
+    if long_video:
+      video = video[:, :num_frames]
+    if progress:
+      print(file=sys.stderr)
+    return video[0] if single else video
 
   def _sizes(self, count: int, num_frames, height, width, aspect_ratio) -> list[tuple[int, int, int]]:
     """(frames, height, width) of each of `count` prompts, checked; each argument one value or one per prompt."""
@@ -394,3 +559,18 @@ class _Progress:
   def tick(self, t) -> None:
     self.done = self.done % self.total + 1
     print(f"\rsampling: step {self.done}/{self.total} (t={float(t):.3f})", end="", file=sys.stderr, flush=True)
+
+
+def _lora_list(lora) -> list[tuple[str, float]]:
+  """`from_workdir`'s `lora` argument as [(workdir, weight)]: None, one workdir, or (workdir, weight) pairs."""
+  if lora is None:
+    return []
+  if isinstance(lora, (str, os.PathLike)):
+    return [(os.fspath(lora), 1.0)]
+  pairs = []
+  for item in lora:
+    if (not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], (str, os.PathLike))
+        or isinstance(item[1], bool) or not isinstance(item[1], (int, float))):
+      raise InputError(f"lora: expected a workdir or a list of (workdir, weight) pairs, got {item!r} in {lora!r}")
+    pairs.append((os.fspath(item[0]), float(item[1])))
+  return pairs

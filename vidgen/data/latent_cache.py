@@ -8,7 +8,9 @@ Layout of a cache directory (built in DIR.partial, one chunk file per process at
 so a crash mid-build never leaves a half cache that looks finished, and the next build resumes where it stopped):
   meta.json              fingerprint of the VAE and data that produced it, shapes, number of clips, shard list
   chunk_00000_000.npz    chunk 0 of process 0: mean float32 [n, T', H', W', C], std float32 [n, ...], label int32
-                         [n], caption str [n]; with a frozen text encoder text float16 [n, L, D], text_mask bool [n, L]
+                         [n], caption str [n]; with a frozen text encoder text float16 [n, L, D], text_mask bool [n, L];
+                         a super-resolution stage's cache also low_mean, low_std float32 (the posterior of the
+                         clips downsampled; vidgen.diffusion.cascade)
   ...
 A cache is only used by a run whose fingerprint matches; any other is refused with the fields that differ.
 """
@@ -96,7 +98,8 @@ class LatentCache:
   @classmethod
   def build(cls, directory: str, *, fingerprint: dict, batches: Iterator[dict], num_batches: int,
             encode_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-            text_fn: Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None = None, batches_per_chunk: int = 32,
+            text_fn: Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None = None,
+            extra_fn: Callable[[dict], dict[str, np.ndarray]] | None = None, batches_per_chunk: int = 32,
             shard_index: int = 0, shard_count: int = 1, is_main: bool = True,
             barrier: Callable[[str], None] = lambda name: None,
             log: Callable[[str], None] = lambda message: None) -> None:
@@ -114,6 +117,8 @@ class LatentCache:
       encode_fn: this process's uint8 video -> (mean, std), each float [n, T', H', W', C].
       text_fn: captions -> (hidden [n, L, D], mask bool [n, L]) of a frozen text encoder, stored as "text" (float16:
         half the disk and memory; frozen encoders end in a norm, so their outputs are small) and "text_mask".
+      extra_fn: clips -> more per-clip arrays `[n, ...]` to store (a super-resolution stage's low-resolution
+        latents, `vidgen.diffusion.cascade`); a cache built without it holds only the arrays above.
       shard_index, shard_count: which of the stream's shards this process encodes.
       is_main: whether this process prepares the directory and publishes the finished cache (exactly one does).
       barrier: waits for every process (multi-host runs); log: progress lines.
@@ -152,6 +157,8 @@ class LatentCache:
         if text_fn is not None:
           hidden, mask = text_fn([str(x) for x in clips["caption"]])
           arrays.update(text=np.asarray(hidden, np.float16), text_mask=np.asarray(mask, bool))
+        if extra_fn is not None:
+          arrays.update(extra_fn(clips))
         for k, v in arrays.items():
           parts.setdefault(k, []).append(v)
       stats = getattr(batches, "stats", dict)()

@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from vidgen import diffusion, media
+from vidgen.diffusion import cascade, tasks
 from vidgen.config import ConfigError, require
 from vidgen.data.buckets import Bucket, BucketSchedule, check_no_buckets_with, parse_buckets, plan_batches
 from vidgen.data.latent_cache import (
@@ -127,11 +128,34 @@ def validate_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int
           f"must equal the VAE's latent_channels={vae_config['latent_channels']}, got {spec.in_channels}")
   require(spec.num_heads % mesh_shape["tensor"] == 0, "dit.num_heads",
           f"{spec.num_heads} heads cannot be split over mesh.tensor={mesh_shape['tensor']} devices")
+  validate_tasks(config, vae_config)
+  cascade.validate_config(config, vae_config)
   buckets = bucket_plan(config, vae_config, mesh_shape)
   if buckets and not d.get("packing", False):
     require(d.cache_clips >= max(b.batch for b in buckets), "data.cache_clips",
             f"must be >= the largest bucket batch {max(b.batch for b in buckets)}, got {d.cache_clips}")
   validate_packing(config, vae_config)
+
+
+def validate_tasks(config: ml_collections.ConfigDict, vae_config) -> None:
+  """`config.tasks` (frame-conditioning task weights, `vidgen.diffusion.tasks`) against the DiT's task channels."""
+  try:
+    frame_tasks = tasks.uses_frame_tasks(config.get("tasks"))
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
+  channels = config.dit.get("task_channels", 0)
+  if frame_tasks:
+    want = tasks.task_channels(vae_config["latent_channels"])
+    require(channels == want, "dit.task_channels",
+            f"must be {want} (the known latents and their mask) for the frame tasks of config.tasks, got {channels}")
+    require(not config.data.get("packing", False), "tasks",
+            "frame tasks are not supported on packed rows (data.packing); train them on whole clips or buckets")
+    frames = latent_grid(vae_config, config.data.num_frames, config.data.height, config.data.width)[0]
+    require(frames >= 2, "tasks", f"frame tasks need clips of at least 2 latent frames; data.num_frames="
+                                  f"{config.data.num_frames} gives {frames}")
+  elif not config.get("super_resolution"):
+    require(channels == 0, "dit.task_channels",
+            f"is {channels} but nothing feeds the task channels: set config.tasks (frame tasks) or 0")
 
 
 def validate_packing(config: ml_collections.ConfigDict, vae_config) -> None:
@@ -229,6 +253,8 @@ class DiTTrainer:
     self._param_shardings = {name: state_shardings(p, self.rules, mesh).to_pure_dict() for name, p in params.items()}
     self.optimizer = make_optimizer(config.optimizer, config.total_steps)
     self.validation_loss = self._validation_loss(validation) if validation is not None else None
+    self.task_probabilities = (tasks.task_probabilities(config.tasks) if tasks.uses_frame_tasks(config.get("tasks"))
+                               else None)
 
   # -- state -------------------------------------------------------------------------------------------------------
 
@@ -292,6 +318,7 @@ class DiTTrainer:
 
   def host_batch(self, batch: dict) -> dict[str, np.ndarray]:
     out = {"mean": batch["mean"], "std": batch["std"]}
+    out.update({k: batch[k] for k in cascade.LOW_RESOLUTION_KEYS if k in batch})  # a super-resolution stage
     if self.packing:
       out.update({k: batch[k] for k in ("segment_ids", "positions", "grids")})
       for kind, (window, windows, size) in self.blocks.items():
@@ -329,6 +356,11 @@ class DiTTrainer:
     unflat = lambda a: None if a is None else a.reshape(rows, slots, *a.shape[1:])  # noqa: E731
     return cond.replace(labels=unflat(cond.labels), text=unflat(cond.text), text_mask=unflat(cond.text_mask))
 
+  def model_params(self, trainable: dict) -> dict:
+    """The networks' parameters ({"dit": ..., "text": ...}) from what the optimizer trains (`state.params`): the same
+    tree here; a fine-tuning trainer that trains only adapters combines them with its frozen base."""
+    return trainable
+
   def conditioning(self, params: dict, batch: dict) -> Conditioning:
     """Batch (+ text-encoder params) -> the DiT's conditioning."""
     if self.config.conditioning == "class":
@@ -364,17 +396,35 @@ class DiTTrainer:
       p = cfg.diffusion.get("self_condition_prob", diffusion.DEFAULT_SELF_CONDITION_PROB)
       batch["self_cond"] = jax.random.bernoulli(jax.random.fold_in(key, 1), p, examples)
 
-    def loss_fn(params, micro):
+    if "low_mean" in batch:  # super-resolution: the low-resolution clip, noise-augmented (a key of its own)
+      batch["task"] = cascade.training_condition(jax.random.fold_in(key, 3), batch.pop("low_mean"),
+                                                 batch.pop("low_std"), self.latent_shift, self.latent_scale,
+                                                 cfg.super_resolution)
+    if self.task_probabilities is not None:
+      # The frame task of each example (a key of its own: the other draws stay those of a run without tasks).
+      batch["known"] = tasks.draw_known(jax.random.fold_in(key, 2), mean.shape[0], mean.shape[1],
+                                        self.task_probabilities)
+
+    def loss_fn(trainable, micro):
       if self.packing:
-        return self.packed_loss(params, micro, k_eps)
+        return self.packed_loss(trainable, micro, k_eps)
+      params = self.model_params(trainable)
       dit = nnx.merge(self.graphs["dit"], params["dit"])
       # Guidance dropout: a dropped example gets the null class / an empty caption.
       cond = drop_conditioning(self.conditioning(params, micro), micro["drop"], self.spec.num_classes)
-      denoise = lambda z_t, t: dit(z_t, t, cond)
+      mask = None
+      if "known" in micro:  # frame tasks: known frames clean in the input and the task channels, not in the loss
+        cond = cond.replace(task=tasks.task_inputs(micro["x"], micro["known"]))
+        mask = tasks.loss_mask(micro["known"])
+      elif "task" in micro:  # a condition on every frame (a cascade stage's low-resolution clip)
+        cond = cond.replace(task=micro["task"])
+      model = lambda z_t, t, x_prev=None: dit(z_t, t, cond if x_prev is None else cond.replace(self_cond=x_prev))
+      if "known" in micro:
+        model = tasks.frame_conditioned(model, micro["x"], micro["known"])
+      denoise = lambda z_t, t: model(z_t, t)
       if self.spec.self_condition:
-        denoise = diffusion.self_conditioned(lambda z_t, t, x_prev: dit(z_t, t, cond.replace(self_cond=x_prev)),
-                                             self.schedule, micro["self_cond"], self.objective.prediction)
-      per_example = self.objective.loss(denoise, micro["x"], k_eps, t=micro["t"], eps=micro["eps"])
+        denoise = diffusion.self_conditioned(model, self.schedule, micro["self_cond"], self.objective.prediction)
+      per_example = self.objective.loss(denoise, micro["x"], k_eps, t=micro["t"], eps=micro["eps"], mask=mask)
       return jnp.mean(per_example)
 
     steps = cfg.get("grad_accum_steps", 1)
@@ -401,10 +451,11 @@ class DiTTrainer:
       metrics["token_efficiency"] = jnp.mean((batch["segment_ids"] > 0).astype(jnp.float32))
     return DiTState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
-  def packed_loss(self, params: dict, batch: dict, key: jax.Array) -> jax.Array:
+  def packed_loss(self, trainable: dict, batch: dict, key: jax.Array) -> jax.Array:
     """The objective on packed rows: each clip's loss exactly as it would be alone (the mean over its elements,
     weighted by its time), averaged over the clips of the batch, every clip counting once whatever its size (as
     in an unpacked batch; weighting by tokens would let long high-resolution clips dominate)."""
+    params = self.model_params(trainable)
     dit = nnx.merge(self.graphs["dit"], params["dit"])
     gathers = {kind: WindowGather(batch[f"{kind}_tokens"], batch[f"{kind}_valid"], batch[f"{kind}_slot"])
                for kind in self.blocks}
@@ -436,7 +487,7 @@ class DiTTrainer:
 
   def pipeline(self, state: DiTState, *, ema: bool = True) -> VideoPipeline:
     """A `VideoPipeline` over the current weights (EMA by default)."""
-    params = state.ema_params if ema else state.params
+    params = self.model_params(state.ema_params if ema else state.params)
     networks = {name: (graph, params[name]) for name, graph in self.graphs.items()}
     return VideoPipeline(self.config, networks, self.vae, mesh=self.mesh, text_encoder=self.text_encoder)
 
@@ -453,8 +504,9 @@ class DiTTrainer:
     elif self.tokenizer is not None:
       inputs["ids"], inputs["mask"] = self.tokenizer(list(validation["caption"]))
 
-    def loss_fn(params, x, t, eps, inputs):
+    def loss_fn(trainable, x, t, eps, inputs):
       with axis_rules(self.mesh, self.rules):
+        params = self.model_params(trainable)
         dit = nnx.merge(self.graphs["dit"], params["dit"])
         cond = self.conditioning(params, inputs)
         denoise = lambda z_t, t: dit(z_t, t, cond)

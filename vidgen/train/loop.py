@@ -100,8 +100,8 @@ def loop_step(train_step, skip_nonfinite: bool):
   shows up in the new parameters even when the trainer does not report a norm.
   """
 
-  def step(state, batch, counters, phase):
-    new_state, metrics = train_step(state, batch, phase)
+  def step(state, batch, counters, phase, *frozen):
+    new_state, metrics = train_step(state, batch, phase, *frozen)
     if not skip_nonfinite:
       return new_state, metrics, counters
     reported = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics}
@@ -172,9 +172,13 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
   batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in example.items()}
   rep = replicated(mesh)
   skip_nonfinite = config.get("skip_nonfinite_updates", False)
+  # A trainer's frozen inputs (`frozen()`: e.g. the base weights a LoRA fine-tune adapts) are arguments of every step,
+  # placed once, never updated and never saved; closed over instead, XLA would embed them in the program as constants.
+  frozen = (trainer.frozen(),) if hasattr(trainer, "frozen") else ()
+  frozen_shardings = tuple(jax.tree.map(lambda a: a.sharding, f) for f in frozen)
   train_step = jax.jit(loop_step(trainer.train_step, skip_nonfinite),
-                       in_shardings=(shardings, batch_shardings, rep), out_shardings=(shardings, None, rep),
-                       static_argnums=(3,), donate_argnums=(0,))
+                       in_shardings=(shardings, batch_shardings, rep, *frozen_shardings),
+                       out_shardings=(shardings, None, rep), static_argnums=(3,), donate_argnums=(0,))
   counters = {"skipped_updates": jax.make_array_from_process_local_data(rep, np.int32(skipped_updates), ())}
   executables: dict[Any, tuple[Any, float | None]] = {}
 
@@ -193,7 +197,7 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
       if variant not in executables:
         jax.block_until_ready(state)
         started = time.perf_counter()
-        lowered = train_step.lower(state, batch, counters, phase)
+        lowered = train_step.lower(state, batch, counters, phase, *frozen)
         executables[variant] = (lowered.compile(), flops_per_step(trainer, phase, lowered))
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(batch.items()) if k in ("mean", "x", "video"))
         log(f"step {step}: compiled a step program for {shapes} (phase {phase}) in "
@@ -201,7 +205,7 @@ def run(trainer: Trainer, config: ml_collections.ConfigDict, mesh: jax.sharding.
         writer.reset_timer(step)
         interval = []
       executable, flops = executables[variant]
-      state, metrics, counters = executable(state, batch, counters)
+      state, metrics, counters = executable(state, batch, counters, *frozen)
       interval.append(flops)  # the FLOPs of every step the writer's next timed interval covers (phases differ)
       step += 1
       is_last = step == config.total_steps

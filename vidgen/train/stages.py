@@ -7,6 +7,8 @@
                     2. the latent cache: config.data.cache_clips training clips encoded   -> workdir/latents
                        (and config.validation.clips validation clips beside them, for the validation loss)
                     3. the DiT on that cache                                              -> workdir
+    trainer "lora": LoRA adapters on a finished DiT run (config.base_workdir; vidgen.train.lora_trainer): its VAE,
+                    a latent cache of the fine-tune's own data (stage 2), then the adapters  -> workdir
 
 Each stage is skipped when its output exists, so the same command resumes wherever a run stopped. Every config
 (stages included) is validated before anything is built or compiled; each model is trained by the one loop,
@@ -34,16 +36,17 @@ from vidgen.models.pretrained import pretrained_vae_geometry
 from vidgen.data.buckets import parse_buckets
 from vidgen.data.latent_cache import BucketedCache, LatentCache
 from vidgen.data.sources import get_source
+from vidgen.diffusion import cascade
 from vidgen.models.vae import SpacetimeVAE
 from vidgen.models.text.frozen import encode_captions, load_frozen_text_encoder, text_encoder_kind
 from vidgen.parallel import axis_rules, batch_sharding, make_mesh
 from vidgen.parallel.distributed import batch_shard, host_rows
 from vidgen.parallel.mesh import MESH_AXES
-from vidgen.train import dit_trainer, loop, vae_trainer
+from vidgen.train import dit_trainer, lora_trainer, loop, vae_trainer
 from vidgen.train.validation import validation_settings
 from vidgen.train.writers import log
 
-TRAINERS = ("vae", "dit")
+TRAINERS = ("vae", "dit", "lora")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -55,6 +58,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.trainer == "vae":
     vae_trainer.validate_config(config, mesh_shape)
     return
+  if config.trainer == "lora":
+    config = lora_trainer.resolve_config(config)  # the base run's model fields, which the checks below read
+    lora_trainer.validate_lora_config(config)
   pretrained = config.get("pretrained_vae", "")
   if pretrained:
     require(not config.vae_workdir, "pretrained_vae",
@@ -95,10 +101,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     mesh = make_mesh(dict(config.mesh))
     return loop.run(vae_trainer.VAETrainer(config, mesh, workdir), config, mesh, workdir)
 
+  if config.trainer == "lora":
+    config = lora_trainer.resolve_config(config)
   mesh, vae, cache, text_encoder = prepare(config, workdir)
-  log("stage 3/3: training the DiT")
-  trainer = dit_trainer.DiTTrainer(config, mesh, workdir, vae=vae, cache=cache, text_encoder=text_encoder,
-                                   validation=load_validation_set(config, cache))
+  validation = load_validation_set(config, cache)
+  if config.trainer == "lora":
+    log(f"stage 3/3: training LoRA adapters on the DiT run in {config.base_workdir}")
+    trainer = lora_trainer.LoRATrainer(config, mesh, workdir, vae=vae, cache=cache, text_encoder=text_encoder,
+                                       validation=validation)
+  else:
+    log("stage 3/3: training the DiT")
+    trainer = dit_trainer.DiTTrainer(config, mesh, workdir, vae=vae, cache=cache, text_encoder=text_encoder,
+                                     validation=validation)
   return loop.run(trainer, config, mesh, workdir)
 
 
@@ -130,7 +144,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str
 
 
 PATH_FIELDS = (("data", "path"), ("data", "eval_path"), ("data", "data_dir"), ("data", "cache_dir"), ("text", "path"),
-               ("vae_workdir",), ("pretrained_vae",))
+               ("vae_workdir",), ("pretrained_vae",), ("base_workdir",), ("super_resolution", "base_workdir"))
 
 
 def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -174,7 +188,8 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
   """Stage 2: opens workdir/latents (or config.data.cache_dir), encoding the training clips into it first if needed.
 
   The cache stores the VAE posterior's mean and std (un-normalized) of `data.cache_clips` clips of the training
-  stream (rounded up to whole `data.cache_batch` batches), and with a frozen `text_encoder` the captions' embeddings.
+  stream (rounded up to whole `data.cache_batch` batches), with a frozen `text_encoder` the captions' embeddings, and
+  for a super-resolution stage (`config.super_resolution`) the posterior of each clip downsampled by its factor.
   With `data.buckets`, every bucket gets a cache of its own in DIR/bucket_FxHxW (`data.cache_clips` clips at that
   size each) and a `BucketedCache` is returned. Every process encodes its own shard of the stream; a build that stops
   resumes; a cache built by another VAE, data or text config is refused (see `vidgen.data.latent_cache`).
@@ -203,6 +218,9 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
   text_fn = None
   if text_encoder is not None:
     text_fn = lambda captions: encode_captions(text_encoder, captions, config.text.max_length)
+  extra_fn = None
+  if cascade.is_super_resolution(config):  # a super-resolution stage: each clip's downsampled latents beside it
+    extra_fn = lambda clips: cascade.low_resolution_latents(clips["video"], config.super_resolution.factor, encode_fn)
   buckets = parse_buckets(d)
   barrier = lambda name: None
   if jax.process_count() > 1:
@@ -216,6 +234,8 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
     fingerprint = {"vae": vae_fingerprint, "data": data}
     if text_encoder is not None:
       fingerprint["text"] = text_fingerprint(config.text)
+    if extra_fn is not None:
+      fingerprint["super_resolution"] = cascade.cache_fingerprint(config.super_resolution)
     if LatentCache.exists(path):
       log(f"stage 2/3: using the latent cache {path}")
     else:
@@ -224,8 +244,8 @@ def latent_cache(config: ml_collections.ConfigDict, workdir: str, vae: Spacetime
                                 shard_count=shard_count, **size)
       try:
         LatentCache.build(path, fingerprint=fingerprint, batches=batches, num_batches=-(-d.cache_clips // d.cache_batch),
-                          encode_fn=encode_fn, text_fn=text_fn, shard_index=shard_index, shard_count=shard_count,
-                          is_main=jax.process_index() == 0, barrier=barrier, log=log)
+                          encode_fn=encode_fn, text_fn=text_fn, extra_fn=extra_fn, shard_index=shard_index,
+                          shard_count=shard_count, is_main=jax.process_index() == 0, barrier=barrier, log=log)
       finally:
         getattr(batches, "close", lambda: None)()
     return LatentCache.open(path, fingerprint)  # the fingerprint is checked before anything is added beside it

@@ -49,7 +49,11 @@ class Trainer(Protocol):
     """A static value selecting a compiled variant of the step (e.g. GAN on / off, image / video batch)."""
 
   def train_step(self, state: Any, batch: dict[str, jax.Array], phase: Hashable) -> tuple[Any, dict[str, jax.Array]]:
-    """One pure optimization step (jitted by the loop): (new state, scalar metrics incl. "loss", "grad_norm")."""
+    """One pure optimization step (jitted by the loop): (new state, scalar metrics incl. "loss", "grad_norm").
+
+    A trainer with frozen inputs (an optional method `frozen()` returning a pytree of placed arrays the step reads but
+    never updates, such as the base weights under LoRA adapters; the loop neither donates nor saves them) takes them
+    as a fourth argument: `train_step(state, batch, phase, frozen)`."""
 
   def model_flops_per_step(self, phase: Hashable) -> float | None:
     """Model FLOPs of one step of `phase` over all devices (for MFU); None: use XLA's cost analysis of the step."""

@@ -7,6 +7,7 @@ from vidgen.data.shapes.dataset import (
     COLORS,
     DIRECTION_NAMES,
     DIRECTIONS,
+    EXTRA_COLOR_FIELDS,
     GEOMETRY_FIELDS,
     NUM_CLASSES,
     SHAPES,
@@ -14,6 +15,7 @@ from vidgen.data.shapes.dataset import (
     Clip,
     ShapesDataset,
     caption,
+    check_extra_colors,
     class_attributes,
     class_id,
     parse_combination,
@@ -21,6 +23,6 @@ from vidgen.data.shapes.dataset import (
 )
 from vidgen.data.shapes.tokenizer import shapes_tokenizer
 
-__all__ = ["CLASS_FACTORS", "COLOR_NAMES", "COLORS", "DIRECTION_NAMES", "DIRECTIONS", "GEOMETRY_FIELDS", "NUM_CLASSES",
-           "SHAPES", "SPLITS", "Clip", "ShapesDataset", "caption", "class_attributes", "class_id",
-           "parse_combination", "render", "shapes_tokenizer"]
+__all__ = ["CLASS_FACTORS", "COLOR_NAMES", "COLORS", "DIRECTION_NAMES", "DIRECTIONS", "EXTRA_COLOR_FIELDS",
+           "GEOMETRY_FIELDS", "NUM_CLASSES", "SHAPES", "SPLITS", "Clip", "ShapesDataset", "caption",
+           "check_extra_colors", "class_attributes", "class_id", "parse_combination", "render", "shapes_tokenizer"]

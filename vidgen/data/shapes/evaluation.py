@@ -4,7 +4,9 @@ Prompt-following generates clips for every color x shape x direction combination
 of their own, and reads them back with the deterministic reader in `vidgen.data.shapes.reader`, which reads "none"
 where a clip is not a dataset clip; a clip counts only when all three attributes are right. It is reported separately
 for combinations seen in training and for the held-out ones (`config.data.held_out`), which the model only knows
-through their words, with 95% Wilson intervals and the number of clips the reader abstained on. Used by the DiT
+through their words, with 95% Wilson intervals and the number of clips the reader abstained on. A run on data with
+extra colors (`config.data.extra_colors`, e.g. a fine-tune that teaches a new color) is read against the extended
+palette, and its extra-color combinations are a split of their own ("extra"). Used by the DiT
 trainer at its last step and by `vidgen eval`.
 """
 
@@ -24,8 +26,16 @@ from flax import nnx
 from vidgen import metrics
 from vidgen.config import require
 from vidgen.data import to_model_range
-from vidgen.data.shapes.dataset import COLOR_NAMES, DIRECTION_NAMES, SHAPES, ShapesDataset, caption, parse_combination
-from vidgen.data.shapes.reader import prompt_following
+from vidgen.data.shapes.dataset import (
+    COLORS,
+    DIRECTION_NAMES,
+    SHAPES,
+    ShapesDataset,
+    caption,
+    check_extra_colors,
+    parse_combination,
+)
+from vidgen.data.shapes.reader import color_patterns, prompt_following
 from vidgen.errors import ConfigError
 from vidgen.metrics.intervals import wilson_interval
 
@@ -33,6 +43,8 @@ from vidgen.metrics.intervals import wilson_interval
 # config.eval: required fields, then optional ones with their defaults. Any other field is refused, so that a setting
 # the evaluation would ignore (e.g. the former `seen_combinations`) cannot pass for one it applies.
 EVAL_FIELDS = ("at_end", "seed", "samples_per_combination", "batch_size", "reconstruction_clips")
+# The reported splits, in order (each only where it has combinations).
+SPLITS = ("seen", "held_out", "extra")
 OPTIONAL_EVAL_FIELDS = {
     "held_out_samples_per_combination": None,  # None: samples_per_combination
     "combinations": (),  # () = every color x shape x direction; else only these ("red circle left", ...)
@@ -58,10 +70,19 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
     require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"eval.{name}",
             f"must be an integer >= 1, got {value!r}")
   require(isinstance(e.seed, int) and not isinstance(e.seed, bool), "eval.seed", f"must be an integer, got {e.seed!r}")
+  try:
+    palette = eval_palette(config)
+    color_patterns(palette)
+  except ValueError as err:
+    raise ConfigError(f"config.data.extra_colors: {err}") from None
+  if palette is not None:
+    require(config.get("conditioning") != "class", "data.extra_colors",
+            "extra colors have no class ids (their clips are captioned only); use conditioning='text'")
+  colors = tuple(palette or COLORS)
   chosen = []
   for text in e.get("combinations", ()):
     try:
-      chosen.append(parse_combination(text))
+      chosen.append(parse_combination(text, colors))
     except ValueError as err:
       raise ConfigError(f"config.eval.combinations: {err}") from None
   require(len(set(chosen)) == len(chosen), "eval.combinations", f"lists a combination twice: {list(e.combinations)}")
@@ -73,16 +94,30 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
             f"{size!r}")
 
 
+def eval_palette(config: ml_collections.ConfigDict) -> dict[str, tuple[int, int, int]] | None:
+  """The colors a run's clips are read against: None (the dataset's 7) without `config.data.extra_colors`, else the
+  7 and the extra ones."""
+  extra = check_extra_colors(config.data.get("extra_colors", None) or {})
+  return {**COLORS, **extra} if extra else None
+
+
 def eval_prompts(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
-  """The captions evaluated, each repeated once per sample: {"seen": [...], "held_out": [...]}. Every color x shape x
-  direction combination (or `config.eval.combinations`), split by `config.data.held_out`."""
-  held = {parse_combination(c) for c in config.data.held_out}
-  chosen = [parse_combination(c) for c in config.eval.get("combinations", ())]
-  every = chosen or list(itertools.product(COLOR_NAMES, SHAPES, DIRECTION_NAMES))
+  """The captions evaluated, each repeated once per sample: {"seen": [...], "held_out": [...]}, and "extra" with
+  `config.data.extra_colors`. Every color x shape x direction combination (or `config.eval.combinations`), split by
+  `config.data.held_out`; "extra" holds the combinations of extra colors that are not held out."""
+  palette = eval_palette(config)
+  colors = tuple(palette or COLORS)
+  held = {parse_combination(c, colors) for c in config.data.held_out}
+  chosen = [parse_combination(c, colors) for c in config.eval.get("combinations", ())]
+  every = chosen or list(itertools.product(colors, SHAPES, DIRECTION_NAMES))
   seen_samples = config.eval.samples_per_combination
   held_samples = config.eval.get("held_out_samples_per_combination", None) or seen_samples
-  return {"seen": [caption(*c) for c in every if c not in held for _ in range(seen_samples)],
-          "held_out": [caption(*c) for c in every if c in held for _ in range(held_samples)]}
+  new = lambda c: c[0] not in COLORS  # noqa: E731
+  prompts = {"seen": [caption(*c) for c in every if c not in held and not new(c) for _ in range(seen_samples)],
+             "held_out": [caption(*c) for c in every if c in held for _ in range(held_samples)]}
+  if palette is not None:
+    prompts["extra"] = [caption(*c) for c in every if c not in held and new(c) for _ in range(seen_samples)]
+  return prompts
 
 
 def _generate(pipe, config, prompts: list[str], size: dict[str, int] | None = None
@@ -126,20 +161,20 @@ def _split_result(readings: dict, ids: list[tuple[int, int]], combinations: int)
 
 
 def prompt_following_results(pipe, config: ml_collections.ConfigDict, size: dict[str, int] | None = None) -> dict:
-  """Generates every clip of `eval_prompts` in one stream and reads them back: {"seen", "held_out"} (where a split has
-  combinations), each {"count", "combinations", "color", "shape", "direction", "all" (fractions), "correct" (counts),
-  "interval" ({attribute: [low, high]}, 95% Wilson), "abstained" (clips read "none" per attribute and in any),
+  """Generates every clip of `eval_prompts` in one stream and reads them back: {"seen", "held_out", "extra"} (where a
+  split has combinations), each {"count", "combinations", "color", "shape", "direction", "all" (fractions), "correct"
+  (counts), "interval" ({attribute: [low, high]}, 95% Wilson), "abstained" (clips read "none" per attribute and in any),
   "failed_checks" (clips failing each of the reader's checks),
   "examples" (per clip: prompt, seed, index, predicted, correct)}. `size`: as `_generate`."""
   by_split = eval_prompts(config)
-  prompts = by_split["seen"] + by_split["held_out"]  # one stream, so no two clips share a seed and index
+  prompts = [p for split in by_split.values() for p in split]  # one stream, so no two clips share a seed and index
   videos, ids = _generate(pipe, config, prompts, size)
   results, start = {}, 0
   for split, split_prompts in by_split.items():
     if not split_prompts:  # e.g. no held-out combinations in this config
       continue
     stop = start + len(split_prompts)
-    readings = prompt_following(videos[start:stop], split_prompts)
+    readings = prompt_following(videos[start:stop], split_prompts, eval_palette(config))
     results[split] = _split_result(readings, ids[start:stop], len(set(split_prompts)))
     start = stop
   return results
@@ -172,7 +207,7 @@ def summary(results: dict) -> dict[str, float]:
   """Flat scalars of an `evaluate` result, for metrics.jsonl / TensorBoard: `{split}_{attribute}` and its interval's
   `_low` / `_high`, `{split}_count`, `{split}_abstained` (clips with a "none" reading), `vae_psnr`."""
   out = {"vae_psnr": float(results["vae_psnr"])}
-  for split in ("seen", "held_out"):
+  for split in SPLITS:
     if split not in results:
       continue
     r = results[split]
@@ -191,7 +226,7 @@ def format_table(results: dict) -> str:
   """Markdown table: per split the clip count, each accuracy with its 95% interval, and the abstentions."""
   rows = ["| combinations | clips | color | shape | direction | all three | abstained |",
           "|---|---|---|---|---|---|---|"]
-  for split in ("seen", "held_out"):
+  for split in SPLITS:
     if split not in results:
       continue
     r = results[split]
@@ -200,7 +235,7 @@ def format_table(results: dict) -> str:
     rows.append(f"| {split.replace('_', '-')} | {r['count']} | " + " | ".join(cells) + f" | {r['abstained']['any']} |")
   rows.append("\nIn parentheses: 95% Wilson intervals. Abstained: clips the reader read as none of the dataset's "
               "colors, shapes or directions in at least one attribute (counted wrong).")
-  for split in ("seen", "held_out"):
+  for split in SPLITS:
     if results.get(split, {}).get("failed_checks"):
       checks = ", ".join(f"{name} {n}" for name, n in results[split]["failed_checks"].items())
       rows.append(f"Why {split.replace('_', '-')} clips abstained (clips failing each check): {checks}")

@@ -27,7 +27,9 @@ Over the clip (frames with a foreground):
               best ideal is the same, every frame has one blob (and at least half the frames a foreground), the
               median anisotropy is low and the radius constant; else "none".
   color       the nearest of the 7 on/off channel patterns to the mean color, if close enough and every frame's own
-              nearest pattern is the same; else "none".
+              nearest pattern is the same; else "none". A dataset with extra colors passes its `palette`: each
+              color's pattern is its (r, g, b) over its largest level, and must stand further than the deviation
+              threshold from every other pattern (brightness is not read: gains and dimming would change it).
   direction   a least-squares line through the centroids: the axis and sign of its slope, if the clip travels far
               enough, little across that axis, and the centroids stay on the line (constant velocity); else "none".
 The calibration covers the experiments' 64x64 clips with shapes of 0.09-0.25 of the frame (radius 5.8-16 pixels);
@@ -79,6 +81,27 @@ MAX_WOBBLE = 1.1  # RMS distance of the centroids from the fitted line, pixels
 _COLOR_NAMES = tuple(COLORS)
 _COLOR_PATTERNS = np.asarray([COLORS[c] for c in _COLOR_NAMES], np.float64) / 255.0  # [7, 3] of 0/1
 _PHI = 2 * np.pi * np.arange(_PROFILE_ANGLES) / _PROFILE_ANGLES
+
+
+def color_patterns(palette: dict[str, tuple[int, int, int]] | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+  """(names, patterns [n, 3]) the color reading compares with: the dataset's 7 on/off patterns, or those of `palette`
+  (name -> (r, g, b)), each divided by its largest level. ValueError for patterns closer than MAX_COLOR_DEVIATION to
+  each other (the reader could not tell them apart)."""
+  if palette is None:
+    return _COLOR_NAMES, _COLOR_PATTERNS
+  names = tuple(palette)
+  levels = np.asarray([palette[c] for c in names], np.float64)
+  if levels.ndim != 2 or levels.shape[1] != 3 or np.any(levels.max(axis=1) <= 0):
+    raise ValueError(f"palette must map names to (r, g, b) levels, not all 0, got {palette}")
+  patterns = levels / levels.max(axis=1, keepdims=True)
+  for i in range(len(names)):
+    for j in range(i):
+      gap = float(np.max(np.abs(patterns[i] - patterns[j])))
+      if gap <= MAX_COLOR_DEVIATION:
+        raise ValueError(f"palette colors {names[j]!r} and {names[i]!r} differ by {gap:.2f} in their largest channel "
+                         f"(as fractions of their brightest one); the reader tells colors apart only from "
+                         f"{MAX_COLOR_DEVIATION}")
+  return names, patterns
 
 
 def _ideal_log_profiles() -> dict[str, np.ndarray]:
@@ -226,15 +249,18 @@ def _check_video(video) -> np.ndarray:
   return video
 
 
-def _nearest_color(color_sum: np.ndarray, weight: float) -> tuple[str, float]:
-  """(nearest pattern, largest channel difference from it) of a normalized mean color; (none, inf) for no color."""
+def _nearest_color(color_sum: np.ndarray, weight: float, colors: tuple[tuple[str, ...], np.ndarray] | None = None
+                   ) -> tuple[str, float]:
+  """(nearest pattern, largest channel difference from it) of a normalized mean color; (none, inf) for no color.
+  `colors`: (names, patterns) from `color_patterns` (default: the dataset's 7)."""
+  names, patterns = (_COLOR_NAMES, _COLOR_PATTERNS) if colors is None else colors
   mean = color_sum / max(weight, 1e-12)
   if weight <= 0 or mean.max() <= 0:
     return NONE, float("inf")
   chroma = np.clip(mean / mean.max(), 0.0, 1.0)
-  deviation = np.max(np.abs(_COLOR_PATTERNS - chroma), axis=1)
+  deviation = np.max(np.abs(patterns - chroma), axis=1)
   best = int(np.argmin(deviation))
-  return _COLOR_NAMES[best], float(deviation[best])
+  return names[best], float(deviation[best])
 
 
 def _motion(times: np.ndarray, centroids: np.ndarray, num_frames: int, side: int) -> tuple[float, int, int, float,
@@ -253,9 +279,11 @@ def _motion(times: np.ndarray, centroids: np.ndarray, num_frames: int, side: int
   return float(along * (num_frames - 1) / side), axis, int(np.sign(slopes[axis])), float(off_axis), wobble
 
 
-def clip_features(video: np.ndarray) -> ClipFeatures | None:
-  """The measurements of one uint8 [T, H, W, 3] clip, or None when no frame has a foreground."""
+def clip_features(video: np.ndarray, palette: dict[str, tuple[int, int, int]] | None = None) -> ClipFeatures | None:
+  """The measurements of one uint8 [T, H, W, 3] clip, or None when no frame has a foreground. `palette`: the colors
+  to read (name -> (r, g, b)); default the dataset's 7."""
   video = _check_video(video)
+  colors = color_patterns(palette)
   num_frames, height, width, _ = video.shape
   frames, times = [], []
   for t in range(num_frames):
@@ -269,8 +297,8 @@ def clip_features(video: np.ndarray) -> ClipFeatures | None:
   best_shape = min(SHAPES, key=lambda s: residual[s])
   frame_best = [min(SHAPES, key=lambda s: f.residual[s]) for f in frames]
   radii = np.asarray([f.radius for f in frames])
-  color, deviation = _nearest_color(sum(f.color_sum for f in frames), sum(f.weight for f in frames))
-  frame_colors = [_nearest_color(f.color_sum, f.weight)[0] for f in frames]
+  color, deviation = _nearest_color(sum(f.color_sum for f in frames), sum(f.weight for f in frames), colors)
+  frame_colors = [_nearest_color(f.color_sum, f.weight, colors)[0] for f in frames]
   travel, axis, sign, off_axis, wobble = _motion(np.asarray(times, np.float64),
                                                  np.asarray([f.centroid for f in frames]), num_frames,
                                                  min(height, width))
@@ -324,17 +352,19 @@ def decide(features: ClipFeatures | None) -> ClipAttributes:
   return ClipAttributes(color, shape, direction)
 
 
-def analyze_clip(video: np.ndarray) -> ClipAttributes:
-  """Reads color, shape and direction from one clip, uint8 [T, H, W, 3] (T == 1 gives direction "none")."""
-  return decide(clip_features(video))
+def analyze_clip(video: np.ndarray, palette: dict[str, tuple[int, int, int]] | None = None) -> ClipAttributes:
+  """Reads color, shape and direction from one clip, uint8 [T, H, W, 3] (T == 1 gives direction "none"); `palette`:
+  as `clip_features`."""
+  return decide(clip_features(video, palette))
 
 
-def prompt_following(videos, prompts: Sequence[str]) -> dict:
+def prompt_following(videos, prompts: Sequence[str], palette: dict[str, tuple[int, int, int]] | None = None) -> dict:
   """Accuracy of generated clips against their captions.
 
   Args:
     videos: uint8 [B, T, H, W, 3], or a list of B uint8 [T, H, W, 3] (clips may differ in size).
     prompts: B captions, "a red circle moving left" (or "red circle left"; see `parse_combination`).
+    palette: the colors prompts may name and clips are read against (name -> (r, g, b)); default the dataset's 7.
 
   Returns:
     {"count": B, "color", "shape", "direction", "all": fraction of clips with that attribute (all three) right,
@@ -353,9 +383,10 @@ def prompt_following(videos, prompts: Sequence[str]) -> dict:
     raise ValueError("need at least one video and prompt to measure prompt following, got none")
   keys = ("color", "shape", "direction")
   examples = []
+  names = color_patterns(palette)[0]
   for video, prompt in zip(videos, prompts):
-    expected = dict(zip(keys, parse_combination(prompt)))
-    features = clip_features(video)
+    expected = dict(zip(keys, parse_combination(prompt, names)))
+    features = clip_features(video, palette)
     predicted = dataclasses.asdict(decide(features))
     correct = {k: predicted[k] == expected[k] for k in keys}
     correct["all"] = all(correct.values())

@@ -12,11 +12,12 @@ from vidgen.data.shapes.dataset import (
     GEOMETRY_FIELDS,
     NUM_CLASSES,
     ShapesDataset,
+    check_extra_colors,
     class_id,
     parse_combination,
 )
 from vidgen.data.shapes.tokenizer import shapes_tokenizer
-from vidgen.errors import InputError
+from vidgen.errors import ConfigError, InputError
 from vidgen.models.text import WordTokenizer
 
 
@@ -34,6 +35,10 @@ class ShapesSource:
       require(field in data, f"data.{field}", "is missing (the shapes source needs num_frames, height, width, "
                                               "held_out and seed)")
     self.data = data
+    try:
+      self.extra_colors = check_extra_colors(data.get("extra_colors", None) or {})
+    except ValueError as e:
+      raise ConfigError(f"config.data.extra_colors: {e}") from None
 
   def dataset(self, split: str, **overrides: Any) -> ShapesDataset:
     return ShapesDataset.from_config(self.data, split, **overrides)
@@ -56,10 +61,13 @@ class ShapesSource:
     d = self.data
     return {"name": "shapes", "split": "train", "num_frames": d["num_frames"], "height": d["height"],
             "width": d["width"], "held_out": list(d["held_out"]), "seed": d["seed"],
-            **{name: d[name] for name in GEOMETRY_FIELDS if name in d}}
+            **{name: d[name] for name in GEOMETRY_FIELDS if name in d},
+            # Only where set, so that the fingerprints of caches built before extra colors existed stay the same.
+            **({"extra_colors": {k: list(v) for k, v in self.extra_colors.items()},
+                "extra_color_fraction": d.get("extra_color_fraction", None)} if self.extra_colors else {})}
 
   def caption_tokenizer(self, max_length: int) -> WordTokenizer:
-    return shapes_tokenizer(max_length)
+    return shapes_tokenizer(max_length, tuple(self.extra_colors))
 
   def class_of(self, prompt: str) -> int:
     try:
