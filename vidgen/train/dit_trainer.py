@@ -9,6 +9,11 @@ caption, an EMA of the weights, and joint image + video training (the first `dat
 last also runs the data source's own evaluation (for the embedded shapes: prompt-following on seen and held-out
 combinations, `workdir/eval.json`).
 
+With `config.tasks` every example also draws a frame task (image-to-video, extension, interpolation;
+`vidgen.diffusion.tasks`): its known latent frames are given clean and in the task channels, and the loss counts the
+others only. A super-resolution stage (`config.super_resolution`, `vidgen.diffusion.cascade`) reads its
+low-resolution clip through the task channels instead.
+
 Conditioning (`config.conditioning`): "text" (captions through cross-attention: with `config.text.encoder = "small"`
 a `SmallTextEncoder` trained with the DiT; with "hf" a frozen pretrained T5 / UMT5 / CLIP whose caption embeddings are
 cached with the latents), "class" (the data source's class ids) or "none".
