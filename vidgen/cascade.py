@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vidgen import diffusion, runs
+from vidgen import runs
 from vidgen.data import to_uint8
 from vidgen.diffusion import cascade
 from vidgen.errors import InputError, RunNotFoundError
@@ -198,18 +198,7 @@ class CascadePipeline:
     level = float(self.settings.sample_level if level is None else level)
     if not 0.0 <= level <= 1.0:
       raise InputError(f"level={level!r}: must be in [0, 1]")
-    if sampler not in diffusion.SAMPLERS:
-      raise InputError(f"sampler={sampler!r}: allowed {diffusion.SAMPLERS}")
-    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.sr.schedule.num_train_steps:
-      raise InputError(f"steps={steps!r}: must be an integer in [1, {self.sr.schedule.num_train_steps}]")
-    if guidance < 0:
-      raise InputError(f"guidance={guidance!r}: must be >= 0")
-    try:
-      interval = diffusion.check_interval(interval, "guidance_interval")
-    except ValueError as e:
-      raise InputError(str(e)) from None
-    if output not in ("video", "latent"):
-      raise InputError(f"output={output!r}: must be 'video' or 'latent'")
+    interval = self.sr.check_sampling(sampler, steps, guidance, interval, output)
     high_shape = (low.shape[1], low.shape[2] * self.factor, low.shape[3] * self.factor, channels)
 
     key = jax.random.fold_in(jax.random.key(seed), _SR_STREAM)

@@ -339,18 +339,7 @@ class VideoPipeline:
       raise InputError(f"strength={strength!r}: must be a number in (0, 1]")
     if strength != 1.0 and init_video is None:
       raise InputError(f"strength={strength!r} needs init_video, the clip to start from")
-    if sampler not in diffusion.SAMPLERS:
-      raise InputError(f"sampler={sampler!r}: allowed {diffusion.SAMPLERS}")
-    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.schedule.num_train_steps:
-      raise InputError(f"steps={steps!r}: must be an integer in [1, {self.schedule.num_train_steps}]")
-    if guidance < 0:
-      raise InputError(f"guidance={guidance!r}: must be >= 0")
-    try:
-      interval = diffusion.check_interval(guidance_interval, "guidance_interval")
-    except ValueError as e:
-      raise InputError(str(e)) from None
-    if output not in ("video", "latent"):
-      raise InputError(f"output={output!r}: must be 'video' or 'latent'")
+    interval = self.check_sampling(sampler, steps, guidance, guidance_interval, output)
     frames_given = any(v is not None for v in (image, video, first, last)) or extend is not None or loop
     if window is not None or frames_given or overlap is not None:
       self._check_frame_tasks()
@@ -389,6 +378,23 @@ class VideoPipeline:
     if single:
       return outputs[0]
     return np.stack(outputs) if len(set(sizes)) == 1 else outputs
+
+  def check_sampling(self, sampler: str, steps: int, guidance: float, guidance_interval: Sequence[float],
+                     output: str) -> tuple[float, float]:
+    """Checks the sampling arguments of a call (InputError naming the argument); returns the guidance interval."""
+    if sampler not in diffusion.SAMPLERS:
+      raise InputError(f"sampler={sampler!r}: allowed {diffusion.SAMPLERS}")
+    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.schedule.num_train_steps:
+      raise InputError(f"steps={steps!r}: must be an integer in [1, {self.schedule.num_train_steps}]")
+    if guidance < 0:
+      raise InputError(f"guidance={guidance!r}: must be >= 0")
+    try:
+      interval = diffusion.check_interval(guidance_interval, "guidance_interval")
+    except ValueError as e:
+      raise InputError(str(e)) from None
+    if output not in ("video", "latent"):
+      raise InputError(f"output={output!r}: must be 'video' or 'latent'")
+    return interval
 
   # -- frame conditions and long videos -----------------------------------------------------------------------------
 
